@@ -1,0 +1,380 @@
+//! The frontend's pool of granted pages.
+//!
+//! Pages are granted once and reused for the whole connection (persistent grants), handed
+//! out LIFO so that a hot subset stays mapped by the backend. At completion each page's grant
+//! is ended with one atomic compare-exchange ([`Grants::end_access`]): if the backend still
+//! maps it, it kept the grant persistently and the page goes back to the **head** of the free
+//! list, still granted; if the revoke succeeds, the page goes to the **tail** and is granted
+//! again when next used. Without persistence a still-mapped page is a protocol violation:
+//! the page is parked (never freed or reused while mapped, XSA-396) and the caller fails the
+//! device.
+//!
+//! Pages come zeroed from the platform and are zeroed again whenever they are released from
+//! a connection, so no backend ever sees data from another (XSA-403).
+//!
+//! With `pool-static` the bookkeeping lives in `heapless` storage sized by
+//! [`config::FRONTEND_POOL_GRANTS`]; with `pool-dynamic` it grows on demand up to the limit
+//! and [`FrontPool::shrink`] gives idle pages back.
+
+use crate::config;
+use crate::platform::{FrontendPlatform, Page, PlatformError};
+use crate::proto::grant::{DomId, GrantRef, RevokeError};
+use crate::proto::shmem::SharedMem;
+
+cfg_if::cfg_if! {
+    if #[cfg(feature = "pool-dynamic")] {
+        type Entries = alloc::vec::Vec<Entry>;
+        type FreeList = alloc::collections::VecDeque<u16>;
+        type Parked = alloc::vec::Vec<u16>;
+        fn new_entries() -> Entries { alloc::vec::Vec::new() }
+        fn new_free() -> FreeList { alloc::collections::VecDeque::new() }
+        fn new_parked() -> Parked { alloc::vec::Vec::new() }
+    } else {
+        type Entries = heapless::Vec<Entry, { config::FRONTEND_POOL_GRANTS }>;
+        type FreeList = heapless::Deque<u16, { config::FRONTEND_POOL_GRANTS }>;
+        type Parked = heapless::Vec<u16, { config::FRONTEND_POOL_GRANTS }>;
+        fn new_entries() -> Entries { heapless::Vec::new() }
+        fn new_free() -> FreeList { heapless::Deque::new() }
+        fn new_parked() -> Parked { heapless::Vec::new() }
+    }
+}
+
+/// Capacity of the pool (pages), fixed by the config.
+pub const CAPACITY: usize = config::FRONTEND_POOL_GRANTS;
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    page: Option<Page>,
+    gref: Option<GrantRef>,
+    readonly: bool,
+    /// Handed out (to a request or a lent buffer) and not yet returned.
+    busy: bool,
+}
+
+/// Pool statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Grants made.
+    pub grants: u64,
+    /// Grants ended successfully.
+    pub revokes: u64,
+    /// Completions that found the page still mapped by the backend (persistence at work).
+    pub kept_mapped: u64,
+    /// Pages currently parked because a revoke failed when it must not.
+    pub parked: u64,
+    /// Pages currently allocated.
+    pub pages: u64,
+}
+
+/// Why the pool could not serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PoolError {
+    /// Every page is in use.
+    Exhausted,
+    /// The platform failed (allocation or grant).
+    Platform(PlatformError),
+    /// The backend kept mapping a page it was not allowed to keep.
+    StillMapped,
+}
+
+/// The frontend's pool of granted pages.
+#[derive(Debug)]
+pub struct FrontPool {
+    entries: Entries,
+    free: FreeList,
+    parked: Parked,
+    limit: usize,
+    peer: DomId,
+    stats: PoolStats,
+}
+
+impl FrontPool {
+    /// An empty pool that may hold up to `limit` pages (clamped to [`CAPACITY`]), granting
+    /// to `peer`.
+    pub fn new(limit: usize, peer: DomId) -> FrontPool {
+        FrontPool { entries: new_entries(), free: new_free(), parked: new_parked(), limit: limit.clamp(1, CAPACITY), peer, stats: PoolStats::default() }
+    }
+
+    /// The page limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats { parked: self.parked.len() as u64, ..self.stats }
+    }
+
+    /// Pages that could be handed out now without exceeding the limit.
+    pub fn available(&self) -> usize {
+        self.free.len() + (self.limit.saturating_sub(self.entries.len()))
+    }
+
+    /// Takes a page granted to the peer (read-only if `readonly`), LIFO.
+    pub fn get<P: FrontendPlatform>(&mut self, plat: &mut P, readonly: bool) -> Result<u16, PoolError> {
+        let idx = match self.free.pop_front() {
+            Some(i) => i,
+            None => {
+                if self.entries.len() >= self.limit {
+                    return Err(PoolError::Exhausted);
+                }
+                let i = self.entries.len() as u16;
+                if self.entries.push(Entry { page: None, gref: None, readonly, busy: false }).is_err() {
+                    return Err(PoolError::Exhausted);
+                }
+                i
+            }
+        };
+        match self.prepare(plat, idx, readonly) {
+            Ok(()) => {
+                self.entries[idx as usize].busy = true;
+                Ok(idx)
+            }
+            Err(e) => {
+                // Put it back at the tail so that nothing is lost.
+                let _ = self.free.push_back(idx);
+                Err(e)
+            }
+        }
+    }
+
+    fn prepare<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, readonly: bool) -> Result<(), PoolError> {
+        let e = &mut self.entries[idx as usize];
+        if e.page.is_none() {
+            e.page = Some(plat.alloc_page().map_err(PoolError::Platform)?);
+            self.stats.pages += 1;
+        }
+        if let Some(g) = e.gref {
+            if e.readonly == readonly {
+                return Ok(());
+            }
+            // Permission change: the old grant must end first.
+            match plat.end_access(g) {
+                Ok(()) => {
+                    self.stats.revokes += 1;
+                    e.gref = None;
+                }
+                Err(RevokeError::NotGranted) => e.gref = None,
+                Err(RevokeError::InUse) => {
+                    // Still mapped with the old permission: keep it as it is. A read-write
+                    // grant serves a read-only use; a read-only one cannot serve a read.
+                    if !e.readonly {
+                        return Ok(());
+                    }
+                    return Err(PoolError::StillMapped);
+                }
+            }
+        }
+        let frame = e.page.map(|p| p.frame).unwrap_or(0);
+        let g = plat.grant(frame, self.peer, readonly).map_err(PoolError::Platform)?;
+        e.gref = Some(g);
+        e.readonly = readonly;
+        self.stats.grants += 1;
+        Ok(())
+    }
+
+    /// The page behind `idx`.
+    pub fn page(&self, idx: u16) -> SharedMem {
+        match self.entries.get(idx as usize).and_then(|e| e.page) {
+            Some(p) => p.mem,
+            None => panic!("pool index {idx} has no page"),
+        }
+    }
+
+    /// The grant of `idx` (valid between [`get`](Self::get) and [`put`](Self::put)).
+    pub fn gref(&self, idx: u16) -> GrantRef {
+        self.entries.get(idx as usize).and_then(|e| e.gref).unwrap_or(GrantRef(u32::MAX))
+    }
+
+    /// Returns a page after its request completed. `persistent` says whether persistence
+    /// was negotiated with the backend.
+    pub fn put<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, persistent: bool) -> Result<(), PoolError> {
+        let Some(e) = self.entries.get_mut(idx as usize) else { return Ok(()) };
+        if !e.busy {
+            // Returned twice: ignore rather than corrupt the free list.
+            return Ok(());
+        }
+        e.busy = false;
+        let Some(g) = e.gref else {
+            let _ = self.free.push_back(idx);
+            return Ok(());
+        };
+        match plat.end_access(g) {
+            Ok(()) => {
+                e.gref = None;
+                self.stats.revokes += 1;
+                let _ = self.free.push_back(idx);
+                Ok(())
+            }
+            Err(RevokeError::NotGranted) => {
+                e.gref = None;
+                let _ = self.free.push_back(idx);
+                Ok(())
+            }
+            Err(RevokeError::InUse) if persistent => {
+                self.stats.kept_mapped += 1;
+                let _ = self.free.push_front(idx);
+                Ok(())
+            }
+            Err(RevokeError::InUse) => {
+                let _ = self.parked.push(idx);
+                Err(PoolError::StillMapped)
+            }
+        }
+    }
+
+    /// Pages returned without ending their grants (the request never reached the backend).
+    pub fn put_unused(&mut self, idx: u16) {
+        if let Some(e) = self.entries.get_mut(idx as usize) {
+            if e.busy {
+                e.busy = false;
+                let _ = self.free.push_front(idx);
+            }
+        }
+    }
+
+    /// Makes sure a page that is handed out is granted with the wanted permission (after a
+    /// reconnect its grant was ended).
+    pub fn ensure_granted<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, readonly: bool) -> Result<(), PoolError> {
+        self.prepare(plat, idx, readonly)
+    }
+
+    /// Ends the grant of a page that stays handed out (a lent buffer after completion),
+    /// unless the backend keeps it persistently. `Err(StillMapped)` when the backend keeps
+    /// it without persistence.
+    pub fn settle<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, persistent: bool) -> Result<(), PoolError> {
+        let Some(e) = self.entries.get_mut(idx as usize) else { return Ok(()) };
+        let Some(g) = e.gref else { return Ok(()) };
+        match plat.end_access(g) {
+            Ok(()) => {
+                e.gref = None;
+                self.stats.revokes += 1;
+                Ok(())
+            }
+            Err(RevokeError::NotGranted) => {
+                e.gref = None;
+                Ok(())
+            }
+            Err(RevokeError::InUse) if persistent => {
+                self.stats.kept_mapped += 1;
+                Ok(())
+            }
+            Err(RevokeError::InUse) => Err(PoolError::StillMapped),
+        }
+    }
+
+    /// Ends every grant (disconnect). Free pages whose grant ends are zeroed, so a future
+    /// backend sees nothing of this one's data; pages the backend still maps are parked.
+    /// Pages still handed out (in-flight requests kept for re-issue, lent buffers) keep
+    /// their data and lose only their grant; they are granted again when re-issued.
+    /// Returns the number parked.
+    pub fn release_all<P: FrontendPlatform>(&mut self, plat: &mut P) -> usize {
+        self.free.clear();
+        for i in 0..self.entries.len() {
+            if self.parked.contains(&(i as u16)) {
+                continue;
+            }
+            let e = &mut self.entries[i];
+            let ended = match e.gref {
+                None => true,
+                Some(g) => match plat.end_access(g) {
+                    Ok(()) => {
+                        self.stats.revokes += 1;
+                        true
+                    }
+                    Err(RevokeError::NotGranted) => true,
+                    Err(RevokeError::InUse) => false,
+                },
+            };
+            if ended {
+                e.gref = None;
+            }
+            if e.busy {
+                continue;
+            }
+            if ended {
+                if let Some(p) = e.page {
+                    p.mem.zero(0, p.mem.len());
+                }
+                let _ = self.free.push_back(i as u16);
+            } else {
+                let _ = self.parked.push(i as u16);
+            }
+        }
+        self.parked.len()
+    }
+
+    /// Retries parked pages; those the backend finally let go are zeroed and reusable.
+    pub fn reap_parked<P: FrontendPlatform>(&mut self, plat: &mut P) -> usize {
+        let mut i = 0;
+        while i < self.parked.len() {
+            let idx = self.parked[i];
+            let e = &mut self.entries[idx as usize];
+            let done = match e.gref {
+                None => true,
+                Some(g) => !matches!(plat.end_access(g), Err(RevokeError::InUse)),
+            };
+            if done {
+                e.gref = None;
+                if let Some(p) = e.page {
+                    p.mem.zero(0, p.mem.len());
+                }
+                self.parked.swap_remove(i);
+                let _ = self.free.push_back(idx);
+            } else {
+                i += 1;
+            }
+        }
+        self.parked.len()
+    }
+
+    /// Sets the peer for the next connection (after [`release_all`](Self::release_all)).
+    pub fn set_peer(&mut self, peer: DomId) {
+        self.peer = peer;
+    }
+
+    /// Sets the page limit (at most [`CAPACITY`]); pages above it are not handed out again.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.clamp(1, CAPACITY);
+    }
+
+    /// Frees the pages of free, ungranted entries beyond `keep` (dynamic pools shrink; a
+    /// static pool may call it too, to return pages to the platform). Returns pages freed.
+    pub fn shrink<P: FrontendPlatform>(&mut self, plat: &mut P, keep: usize) -> usize {
+        let mut freed = 0;
+        let mut resident = self.stats.pages as usize;
+        for &idx in self.free.iter().rev() {
+            if resident <= keep {
+                break;
+            }
+            let e = &mut self.entries[idx as usize];
+            if e.gref.is_none() {
+                if let Some(p) = e.page.take() {
+                    plat.free_page(p);
+                    freed += 1;
+                    resident -= 1;
+                }
+            }
+        }
+        self.stats.pages = resident as u64;
+        freed
+    }
+
+    /// Frees every page that is not parked (the pool is dropped by its owner afterwards).
+    /// Call after [`release_all`](Self::release_all).
+    pub fn free_pages<P: FrontendPlatform>(&mut self, plat: &mut P) {
+        for i in 0..self.entries.len() {
+            if self.parked.contains(&(i as u16)) {
+                continue;
+            }
+            let e = &mut self.entries[i];
+            if e.gref.is_none() {
+                if let Some(p) = e.page.take() {
+                    plat.free_page(p);
+                    self.stats.pages -= 1;
+                }
+            }
+        }
+    }
+}

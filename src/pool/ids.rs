@@ -1,0 +1,89 @@
+//! In-flight request ids: a bitmap over the ring's slots.
+//!
+//! An id is an index into the owner's shadow table, never a pointer: an id echoed by a
+//! hostile peer is bounds-checked and must be in flight, or it is rejected.
+
+use bitvec::BitArr;
+use bitvec::order::Lsb0;
+
+use crate::config::RING_SLOTS;
+
+/// Which of up to [`RING_SLOTS`] ids are in flight.
+#[derive(Clone, Debug)]
+pub struct IdTable {
+    bits: BitArr!(for RING_SLOTS, in u32, Lsb0),
+    limit: usize,
+    used: usize,
+}
+
+impl IdTable {
+    /// A table of `limit` ids (clamped to the configured ring size).
+    pub fn new(limit: usize) -> IdTable {
+        IdTable { bits: Default::default(), limit: limit.min(RING_SLOTS), used: 0 }
+    }
+
+    /// Number of ids.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Ids in flight.
+    pub fn in_flight(&self) -> usize {
+        self.used
+    }
+
+    /// Takes the lowest free id.
+    pub fn alloc(&mut self) -> Option<u16> {
+        let i = self.bits[..self.limit].first_zero()?;
+        self.bits.set(i, true);
+        self.used += 1;
+        Some(i as u16)
+    }
+
+    /// Whether `id` (as echoed by a peer) is a valid in-flight id.
+    pub fn is_in_flight(&self, id: u64) -> bool {
+        (id as usize) < self.limit && id < RING_SLOTS as u64 && self.bits[id as usize]
+    }
+
+    /// Releases `id`; `false` if it was not in flight (a duplicate or unknown response).
+    pub fn free(&mut self, id: u64) -> bool {
+        if !self.is_in_flight(id) {
+            return false;
+        }
+        self.bits.set(id as usize, false);
+        self.used -= 1;
+        true
+    }
+
+    /// Iterates the ids in flight, lowest first.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.bits[..self.limit].iter_ones().map(|i| i as u16)
+    }
+
+    /// Forgets every id.
+    pub fn clear(&mut self) {
+        self.bits.fill(false);
+        self.used = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_free_and_hostile_ids() {
+        let mut t = IdTable::new(4);
+        let ids: [u16; 4] = core::array::from_fn(|_| t.alloc().unwrap());
+        assert_eq!(ids, [0, 1, 2, 3]);
+        assert_eq!(t.alloc(), None);
+        assert!(t.free(2));
+        assert!(!t.free(2), "duplicate completion");
+        assert!(!t.free(4), "beyond the limit");
+        assert!(!t.free(u64::MAX));
+        assert_eq!(t.alloc(), Some(2));
+        assert_eq!(t.iter().count(), 4);
+        t.clear();
+        assert_eq!(t.in_flight(), 0);
+    }
+}

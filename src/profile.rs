@@ -1,0 +1,49 @@
+//! The ring profile chosen by cargo feature: `ring-linux` or `ring-netbsd`.
+//!
+//! A profile does not change the on-wire layouts (both ABIs are always compiled and picked at
+//! runtime from the `protocol` key). It picks the geometry and dialect a build offers and
+//! tolerates, following what the real Linux and NetBSD drivers do:
+//!
+//! | | `ring-linux` | `ring-netbsd` |
+//! |---|---|---|
+//! | ring pages offered/used | up to 16 (`max-ring-page-order` 4) | 1 (no order key) |
+//! | queues | up to 16 | 1 |
+//! | ABI when `protocol` is missing | x86_32 (Linux blkback on x86) | native |
+//! | backend goes Connected | after mapping the frontend's ring | as soon as the disk is open |
+//! | frontend reads backend features | when the backend is Connected | at attach (and again at Connected) |
+//! | write grants from the frontend | read-write (persistence possible) | read-only when not persistent |
+//! | `physical-device` | hex `MAJ:MIN` | decimal accepted too |
+
+use crate::proto::blkif::Protocol;
+
+/// Name of the active profile.
+pub const NAME: &str = if cfg!(feature = "ring-netbsd") { "netbsd" } else { "linux" };
+
+/// Largest ring order this build offers as a backend or uses as a frontend.
+pub const MAX_RING_ORDER: u32 = if cfg!(feature = "ring-netbsd") { 0 } else { 4 };
+
+/// Largest number of queues.
+pub const MAX_QUEUES: u32 = if cfg!(feature = "ring-netbsd") { 1 } else { 16 };
+
+/// The ABI a backend assumes when the frontend wrote no `protocol` key.
+pub const DEFAULT_PROTOCOL: Protocol =
+    if cfg!(feature = "ring-netbsd") { Protocol::native() } else { Protocol::X86_32 };
+
+/// Whether the backend announces Connected before the frontend published its ring
+/// (NetBSD xbdback) rather than after mapping it (Linux blkback).
+pub const BACKEND_CONNECTS_EARLY: bool = cfg!(feature = "ring-netbsd");
+
+/// Whether the frontend grants pages of write requests read-only when persistence is off
+/// (NetBSD xbd); Linux always grants read-write.
+pub const FRONTEND_READONLY_WRITE_GRANTS: bool = cfg!(feature = "ring-netbsd");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn profile_is_consistent() {
+        assert!(super::MAX_RING_ORDER <= crate::proto::ring::MAX_RING_ORDER);
+        assert!(crate::config::RING_ORDER <= super::MAX_RING_ORDER);
+        assert!(crate::config::RING_QUEUES as u32 <= super::MAX_QUEUES);
+        assert_eq!(super::NAME, crate::config::PROFILE);
+    }
+}

@@ -1,0 +1,310 @@
+//! The one accessor for memory shared with a peer domain.
+//!
+//! Shared memory is hostile memory: the peer may change any byte at any time. Everything the
+//! driver reads from a ring slot, an indirect page or a data page goes through [`SharedMem`],
+//! which copies once (volatile) into private memory; validation then runs on the private copy.
+//! Writes go field by field or as one copy of a private, fully initialised byte buffer, so no
+//! padding byte of a Rust struct can ever leak to the peer (XSA-216).
+//!
+//! This module holds the only `unsafe` code of the protocol layer. [`SharedMem::new`] is the
+//! single point where a board vouches for a region; every other method is safe and bounds
+//! checked against the region's length.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+
+/// A region of memory shared with another domain (a ring, a granted page, a mapped grant).
+///
+/// Copies of `SharedMem` alias the same memory; that is intended (the peer aliases it too).
+/// Accessors never hand out Rust references to the shared bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedMem {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a SharedMem is a raw view of memory that is already shared with another domain and
+// is only accessed through volatile or atomic operations; moving the view to another thread
+// adds no aliasing that the peer does not already have.
+unsafe impl Send for SharedMem {}
+// SAFETY: as above: all accesses are volatile/atomic, never through references.
+unsafe impl Sync for SharedMem {}
+
+/// Out-of-range offset into a [`SharedMem`] region (a driver bug, never peer input: peer
+/// indices are masked before use).
+#[track_caller]
+#[cold]
+fn out_of_range(off: usize, size: usize, len: usize) -> ! {
+    panic!("shared memory access {off}+{size} outside region of {len} bytes")
+}
+
+impl SharedMem {
+    /// Wraps `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// For as long as this value or any copy of it is used: `ptr..ptr+len` must be mapped,
+    /// readable and writable, and must not be deallocated or unmapped; `ptr` must be 4-byte
+    /// aligned (ring indices and grant flags are accessed atomically). Concurrent access by
+    /// the peer is expected and fine; concurrent access by this program through Rust
+    /// references is not.
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> Self {
+        let ptr = NonNull::new(ptr).expect("SharedMem::new: null pointer");
+        debug_assert!((ptr.as_ptr() as usize).is_multiple_of(4));
+        SharedMem { ptr, len }
+    }
+
+    /// Length of the region in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Base address (for boards that must name the region to a hypercall or an ioctl).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// A sub-region `off..off+len`.
+    #[track_caller]
+    pub fn slice(&self, off: usize, len: usize) -> SharedMem {
+        self.check(off, len);
+        // The sub-range lies inside the region, so the invariants of `new` carry over.
+        SharedMem { ptr: self.at(off), len }
+    }
+
+    #[inline(always)]
+    #[track_caller]
+    fn check(&self, off: usize, size: usize) {
+        match off.checked_add(size) {
+            Some(end) if end <= self.len => {}
+            _ => out_of_range(off, size, self.len),
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, off: usize) -> NonNull<u8> {
+        // SAFETY: callers checked `off <= len`, so the result stays inside (or one past) the
+        // region described to `new`.
+        unsafe { self.ptr.add(off) }
+    }
+
+    /// Copies `dst.len()` bytes starting at `off` into private memory, with volatile reads.
+    #[inline]
+    #[track_caller]
+    pub fn read_bytes(&self, off: usize, dst: &mut [u8]) {
+        self.check(off, dst.len());
+        let src = self.at(off).as_ptr();
+        let mut i = 0;
+        // Word-sized volatile reads where alignment allows, bytes for the rest.
+        while i + 8 <= dst.len() {
+            if (src as usize + i).is_multiple_of(8) {
+                // SAFETY: in bounds and 8-byte aligned.
+                let w = unsafe { core::ptr::read_volatile(src.add(i) as *const u64) };
+                dst[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+                i += 8;
+            } else {
+                // SAFETY: in bounds.
+                dst[i] = unsafe { core::ptr::read_volatile(src.add(i)) };
+                i += 1;
+            }
+        }
+        while i < dst.len() {
+            // SAFETY: in bounds.
+            dst[i] = unsafe { core::ptr::read_volatile(src.add(i)) };
+            i += 1;
+        }
+    }
+
+    /// Copies `src` into the region at `off`, with volatile writes.
+    #[inline]
+    #[track_caller]
+    pub fn write_bytes(&self, off: usize, src: &[u8]) {
+        self.check(off, src.len());
+        let dst = self.at(off).as_ptr();
+        let mut i = 0;
+        while i + 8 <= src.len() {
+            if (dst as usize + i).is_multiple_of(8) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&src[i..i + 8]);
+                // SAFETY: in bounds and 8-byte aligned.
+                unsafe { core::ptr::write_volatile(dst.add(i) as *mut u64, u64::from_ne_bytes(w)) };
+                i += 8;
+            } else {
+                // SAFETY: in bounds.
+                unsafe { core::ptr::write_volatile(dst.add(i), src[i]) };
+                i += 1;
+            }
+        }
+        while i < src.len() {
+            // SAFETY: in bounds.
+            unsafe { core::ptr::write_volatile(dst.add(i), src[i]) };
+            i += 1;
+        }
+    }
+
+    /// Bulk copy out of shared memory (data pages). Uses one `copy_nonoverlapping`: the data
+    /// is opaque payload that is never validated, so a torn read by a racing peer only hurts
+    /// that peer's own I/O.
+    #[inline]
+    #[track_caller]
+    pub fn copy_to_private(&self, off: usize, dst: &mut [u8]) {
+        self.check(off, dst.len());
+        // SAFETY: in bounds; `dst` is private memory that cannot overlap the shared region
+        // (a `&mut [u8]` to the shared region cannot exist: this type never creates one).
+        unsafe { core::ptr::copy_nonoverlapping(self.at(off).as_ptr(), dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Bulk copy of private payload into shared memory (data pages).
+    #[inline]
+    #[track_caller]
+    pub fn copy_from_private(&self, off: usize, src: &[u8]) {
+        self.check(off, src.len());
+        // SAFETY: in bounds; `src` is private memory (see `copy_to_private`).
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.at(off).as_ptr(), src.len()) }
+    }
+
+    /// Copies between two shared regions (backend data path: mapped grant <-> storage page).
+    #[inline]
+    #[track_caller]
+    pub fn copy_within_shared(src: &SharedMem, src_off: usize, dst: &SharedMem, dst_off: usize, len: usize) {
+        src.check(src_off, len);
+        dst.check(dst_off, len);
+        // SAFETY: both ranges are in bounds; `copy` tolerates overlap should a board map the
+        // same frame twice.
+        unsafe { core::ptr::copy(src.at(src_off).as_ptr(), dst.at(dst_off).as_ptr(), len) }
+    }
+
+    /// Fills `len` bytes at `off` with zero.
+    #[inline]
+    #[track_caller]
+    pub fn zero(&self, off: usize, len: usize) {
+        self.check(off, len);
+        // SAFETY: in bounds.
+        unsafe { core::ptr::write_bytes(self.at(off).as_ptr(), 0, len) }
+    }
+
+    #[inline(always)]
+    #[track_caller]
+    fn atomic_u32(&self, off: usize) -> &AtomicU32 {
+        self.check(off, 4);
+        assert!(off.is_multiple_of(4), "unaligned atomic u32 at {off}");
+        // SAFETY: in bounds, 4-byte aligned (region base is 4-aligned per `new`); AtomicU32
+        // has the layout of u32 and all accesses to this word (ours and the peer's) are
+        // atomic-width stores and loads. The reference does not outlive this call's user.
+        unsafe { &*(self.at(off).as_ptr() as *const AtomicU32) }
+    }
+
+    /// Atomically loads the u32 at `off` (ring indices).
+    #[inline]
+    #[track_caller]
+    pub fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+        self.atomic_u32(off).load(order)
+    }
+
+    /// Atomically stores the u32 at `off` (ring indices).
+    #[inline]
+    #[track_caller]
+    pub fn store_u32(&self, off: usize, v: u32, order: Ordering) {
+        self.atomic_u32(off).store(v, order)
+    }
+
+    #[inline(always)]
+    #[track_caller]
+    fn atomic_u16(&self, off: usize) -> &AtomicU16 {
+        self.check(off, 2);
+        assert!(off.is_multiple_of(2), "unaligned atomic u16 at {off}");
+        // SAFETY: in bounds and 2-byte aligned; AtomicU16 has the layout of u16. Grant flags
+        // are only ever accessed atomically by us, the peer and the hypervisor.
+        unsafe { &*(self.at(off).as_ptr() as *const AtomicU16) }
+    }
+
+    /// Atomically loads the u16 at `off` (grant entry flags).
+    #[inline]
+    #[track_caller]
+    pub fn load_u16(&self, off: usize, order: Ordering) -> u16 {
+        self.atomic_u16(off).load(order)
+    }
+
+    /// Atomically stores the u16 at `off` (grant entry flags).
+    #[inline]
+    #[track_caller]
+    pub fn store_u16(&self, off: usize, v: u16, order: Ordering) {
+        self.atomic_u16(off).store(v, order)
+    }
+
+    /// Compare-exchange on the u16 at `off` (grant revocation); returns the value seen.
+    #[inline]
+    #[track_caller]
+    pub fn cmpxchg_u16(&self, off: usize, current: u16, new: u16) -> Result<u16, u16> {
+        self.atomic_u16(off)
+            .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+    }
+
+    /// Atomic fetch-or on the u16 at `off` (hypervisor side: setting GTF_reading/writing).
+    #[inline]
+    #[track_caller]
+    pub fn fetch_or_u16(&self, off: usize, bits: u16) -> u16 {
+        self.atomic_u16(off).fetch_or(bits, Ordering::SeqCst)
+    }
+
+    /// Atomic fetch-and on the u16 at `off`.
+    #[inline]
+    #[track_caller]
+    pub fn fetch_and_u16(&self, off: usize, bits: u16) -> u16 {
+        self.atomic_u16(off).fetch_and(bits, Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_round_trip_at_every_alignment() {
+        let mut backing = [0u64; 64];
+        // SAFETY: `backing` outlives `m`, is 8-aligned and only accessed through `m`.
+        let m = unsafe { SharedMem::new(backing.as_mut_ptr() as *mut u8, 512) };
+        let src: [u8; 37] = core::array::from_fn(|i| i as u8 + 1);
+        for off in 0..16 {
+            m.zero(0, 512);
+            m.write_bytes(off, &src);
+            let mut back = [0u8; 37];
+            m.read_bytes(off, &mut back);
+            assert_eq!(back, src);
+            let mut before = [1u8; 1];
+            if off > 0 {
+                m.read_bytes(off - 1, &mut before);
+                assert_eq!(before[0], 0);
+            }
+        }
+    }
+
+    #[test]
+    fn atomics_and_cmpxchg() {
+        let mut backing = [0u32; 4];
+        // SAFETY: as above.
+        let m = unsafe { SharedMem::new(backing.as_mut_ptr() as *mut u8, 16) };
+        m.store_u32(4, 0xdead_beef, Ordering::Release);
+        assert_eq!(m.load_u32(4, Ordering::Acquire), 0xdead_beef);
+        m.store_u16(8, 5, Ordering::SeqCst);
+        assert_eq!(m.cmpxchg_u16(8, 4, 0), Err(5));
+        assert_eq!(m.cmpxchg_u16(8, 5, 0), Ok(5));
+        assert_eq!(m.fetch_or_u16(8, 0x18), 0);
+        assert_eq!(m.load_u16(8, Ordering::SeqCst), 0x18);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside region")]
+    fn out_of_bounds_is_caught() {
+        let mut backing = [0u32; 4];
+        // SAFETY: as above.
+        let m = unsafe { SharedMem::new(backing.as_mut_ptr() as *mut u8, 16) };
+        let mut b = [0u8; 4];
+        m.read_bytes(14, &mut b);
+    }
+}
