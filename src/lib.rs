@@ -20,6 +20,9 @@
 //! cargo features pick the role(s), the pool kind and the ring profile (see [`profile`]).
 #![no_std]
 #![deny(missing_docs)]
+// Limits are `min`s over build-config constants; with some configs clippy sees them as
+// constant-folded (e.g. `x.min(0)` for a one-page ring) although they are meaningful.
+#![allow(clippy::unnecessary_min_or_max)]
 
 #[cfg(feature = "pool-dynamic")]
 extern crate alloc;
@@ -49,9 +52,7 @@ compile_error!(
      ring profile (use `default-features = false` to drop the default `ring-linux`)"
 );
 #[cfg(not(any(feature = "ring-linux", feature = "ring-netbsd")))]
-compile_error!(
-    "xenblk: choose a ring profile: enable exactly one of `ring-linux` or `ring-netbsd`"
-);
+compile_error!("xenblk: choose a ring profile: enable exactly one of `ring-linux` or `ring-netbsd`");
 #[cfg(all(feature = "defmt", feature = "log"))]
 compile_error!(
     "xenblk: features `defmt` and `log` are mutually exclusive: choose at most one logging \

@@ -37,13 +37,17 @@ pub const BACKEND_CONNECTS_EARLY: bool = cfg!(feature = "ring-netbsd");
 /// (NetBSD xbd); Linux always grants read-write.
 pub const FRONTEND_READONLY_WRITE_GRANTS: bool = cfg!(feature = "ring-netbsd");
 
+// The build config was validated against this profile by build.rs; check it again here.
+#[allow(clippy::absurd_extreme_comparisons)]
+const _: () = assert!(MAX_RING_ORDER <= crate::proto::ring::MAX_RING_ORDER);
+#[allow(clippy::absurd_extreme_comparisons)]
+const _: () = assert!(crate::config::RING_ORDER <= MAX_RING_ORDER, "config ring.order exceeds the profile");
+const _: () = assert!(crate::config::RING_QUEUES as u32 <= MAX_QUEUES, "config ring.queues exceeds the profile");
+
 #[cfg(test)]
 mod tests {
     #[test]
-    fn profile_is_consistent() {
-        assert!(super::MAX_RING_ORDER <= crate::proto::ring::MAX_RING_ORDER);
-        assert!(crate::config::RING_ORDER <= super::MAX_RING_ORDER);
-        assert!(crate::config::RING_QUEUES as u32 <= super::MAX_QUEUES);
+    fn config_was_generated_for_this_profile() {
         assert_eq!(super::NAME, crate::config::PROFILE);
     }
 }

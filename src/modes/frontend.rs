@@ -30,8 +30,8 @@ use crate::platform::{FrontendPlatform, Page, PlatformError, Port, Tx, Wait};
 use crate::pool::front::{FrontPool, PoolError};
 use crate::pool::ids::IdTable;
 use crate::proto::blkif::{
-    self, Abi, Protocol, ReqKind, Request, RwOp, SegList, Segment, MAX_SEGMENTS_PER_REQUEST, OP_DISCARD, OP_INDIRECT, RSP_EOPNOTSUPP,
-    RSP_ERROR, RSP_OKAY, SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE,
+    self, Abi, MAX_SEGMENTS_PER_REQUEST, OP_DISCARD, OP_INDIRECT, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY,
+    ReqKind, Request, RwOp, SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE, SegList, Segment,
 };
 use crate::proto::grant::{DomId, GrantRef, RevokeError};
 use crate::proto::ring::{FrontRing, PAGE_SIZE};
@@ -41,7 +41,8 @@ use crate::proto::xenbus::{XenbusState, keys};
 use super::xs::{self, Read};
 
 /// Data pages one request may use (direct or indirect), fixed by the config.
-pub const MAX_DATA_PAGES: usize = if config::MAX_SEGMENTS > MAX_SEGMENTS_PER_REQUEST { config::MAX_SEGMENTS } else { MAX_SEGMENTS_PER_REQUEST };
+pub const MAX_DATA_PAGES: usize =
+    if config::MAX_SEGMENTS > MAX_SEGMENTS_PER_REQUEST { config::MAX_SEGMENTS } else { MAX_SEGMENTS_PER_REQUEST };
 /// Indirect pages one request may use.
 pub const MAX_INDIRECT_PAGES: usize = if config::INDIRECT_PAGES == 0 { 1 } else { config::INDIRECT_PAGES };
 
@@ -372,7 +373,12 @@ impl Frontend {
     /// Attaches to the vbd whose frontend directory is `dir` (for example
     /// `/local/domain/5/device/vbd/51712`): reads `backend` and `backend-id`, watches the
     /// backend's `state` (under `watch_token`), and waits for the backend.
-    pub fn attach<P: FrontendPlatform>(plat: &mut P, dir: &str, cfg: FrontendConfig, watch_token: u32) -> Result<Frontend, AttachError> {
+    pub fn attach<P: FrontendPlatform>(
+        plat: &mut P,
+        dir: &str,
+        cfg: FrontendConfig,
+        watch_token: u32,
+    ) -> Result<Frontend, AttachError> {
         let backend_dir = match xs::read_str::<P, 160>(plat, Tx::NONE, dir, keys::BACKEND) {
             Read::Ok(s) => s,
             _ => return Err(AttachError::NoBackend),
@@ -454,7 +460,8 @@ impl Frontend {
 
     fn max_request_pages(&self) -> usize {
         let ind = self.neg.indirect_segments as usize;
-        let segs = if ind > MAX_SEGMENTS_PER_REQUEST { ind.min(self.cfg.max_segments) } else { MAX_SEGMENTS_PER_REQUEST };
+        let segs =
+            if ind > MAX_SEGMENTS_PER_REQUEST { ind.min(self.cfg.max_segments) } else { MAX_SEGMENTS_PER_REQUEST };
         segs.min(MAX_DATA_PAGES).min(self.pool.limit().saturating_sub(self.indirect_pages_for(segs)))
     }
 
@@ -492,7 +499,10 @@ impl Frontend {
                     self.on_xenstore(plat);
                 }
             }
-            (Phase::Initialised | Phase::Connected | Phase::WaitBackend, XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown) => {
+            (
+                Phase::Initialised | Phase::Connected | Phase::WaitBackend,
+                XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown,
+            ) => {
                 if back == XenbusState::Unknown && self.phase == Phase::WaitBackend {
                     return;
                 }
@@ -637,7 +647,11 @@ impl Frontend {
         let discard = xs::read_bool(x, Tx::NONE, &b, keys::FEATURE_DISCARD).or_default(false)?;
         let discard_secure = xs::read_bool(x, Tx::NONE, &b, keys::DISCARD_SECURE).or_default(false)?;
         let gran = xs::read_u64(x, Tx::NONE, &b, keys::DISCARD_GRANULARITY).or_default(sector_size)?;
-        let indirect = if indirect > MAX_SEGMENTS_PER_REQUEST as u64 { indirect.min(blkif::MAX_INDIRECT_SEGMENTS as u64) as u32 } else { 0 };
+        let indirect = if indirect > MAX_SEGMENTS_PER_REQUEST as u64 {
+            indirect.min(blkif::MAX_INDIRECT_SEGMENTS as u64) as u32
+        } else {
+            0
+        };
         Some(Negotiated {
             persistent: persistent && self.cfg.persistent,
             indirect_segments: indirect,
@@ -666,7 +680,10 @@ impl Frontend {
         }
         self.phase = Phase::Connected;
         self.stats.connects += 1;
-        info!("xenblk front: connected, persistent {}, indirect {}, sectors {}", neg.persistent, neg.indirect_segments, neg.sectors);
+        info!(
+            "xenblk front: connected, persistent {}, indirect {}, sectors {}",
+            neg.persistent, neg.indirect_segments, neg.sectors
+        );
         // Re-issue what was in flight before a reconnect.
         self.reissue(plat);
         self.kick(plat);
@@ -809,7 +826,15 @@ impl Frontend {
 
     /// Submits a read or write on a lent buffer (`bytes` from its start). The buffer comes
     /// back with the completion ([`Completion::take_buffer`]).
-    pub fn submit_buffer<P: FrontendPlatform>(&mut self, plat: &mut P, write: bool, sector: u64, buf: Buffer, bytes: usize, tag: u64) -> Result<(), (SubmitError, Buffer)> {
+    pub fn submit_buffer<P: FrontendPlatform>(
+        &mut self,
+        plat: &mut P,
+        write: bool,
+        sector: u64,
+        buf: Buffer,
+        bytes: usize,
+        tag: u64,
+    ) -> Result<(), (SubmitError, Buffer)> {
         let op = if write { RwOp::Write } else { RwOp::Read };
         if let Err(e) = self.check_rw(op, sector, bytes) {
             return Err((e, buf));
@@ -825,15 +850,22 @@ impl Frontend {
             self.ids.free(id as u64);
             return Err((SubmitError::Busy, buf));
         }
-        self.shadows[id as usize] = Some(Shadow { tag, kind: ShadowKind::Rw(op), sector, bytes: bytes as u32, data: Data::Lent(buf), indirect: heapless::Vec::new(), issued: false });
-        self.finish_submit(plat, id)
-            .map_err(|e| match self.shadows[id as usize].take().map(|s| s.data) {
-                Some(Data::Lent(b)) => {
-                    self.ids.free(id as u64);
-                    (e, b)
-                }
-                _ => (e, Buffer { pages: heapless::Vec::new() }),
-            })
+        self.shadows[id as usize] = Some(Shadow {
+            tag,
+            kind: ShadowKind::Rw(op),
+            sector,
+            bytes: bytes as u32,
+            data: Data::Lent(buf),
+            indirect: heapless::Vec::new(),
+            issued: false,
+        });
+        self.finish_submit(plat, id).map_err(|e| match self.shadows[id as usize].take().map(|s| s.data) {
+            Some(Data::Lent(b)) => {
+                self.ids.free(id as u64);
+                (e, b)
+            }
+            _ => (e, Buffer { pages: heapless::Vec::new() }),
+        })
     }
 
     fn check_rw(&self, op: RwOp, sector: u64, bytes: usize) -> Result<(), SubmitError> {
@@ -846,7 +878,7 @@ impl Frontend {
         if bytes == 0 && matches!(op, RwOp::Read | RwOp::Write) {
             return Err(SubmitError::BadLength);
         }
-        if bytes % ss != 0 || (sector * SECTOR_SIZE as u64) % ss as u64 != 0 {
+        if !bytes.is_multiple_of(ss) || !(sector * SECTOR_SIZE as u64).is_multiple_of(ss as u64) {
             return Err(SubmitError::BadLength);
         }
         if bytes > self.max_request_bytes() {
@@ -873,7 +905,11 @@ impl Frontend {
             Io::Flush => (ShadowKind::Rw(RwOp::Flush), 0, 0, None),
             Io::Discard { sector, sectors, secure } => {
                 if self.phase != Phase::Connected {
-                    return Err(if matches!(self.phase, Phase::Failed(_)) { SubmitError::Failed } else { SubmitError::NotConnected });
+                    return Err(if matches!(self.phase, Phase::Failed(_)) {
+                        SubmitError::Failed
+                    } else {
+                        SubmitError::NotConnected
+                    });
                 }
                 if !self.neg.discard || (secure && !self.neg.discard_secure) {
                     return Err(SubmitError::Unsupported);
@@ -888,11 +924,15 @@ impl Frontend {
             self.check_rw(op, sector, bytes)?;
         }
         let pages_needed = bytes.div_ceil(PAGE_SIZE);
-        if self.ring.as_ref().is_none_or(|r| r.ring.is_full()) || self.pool.available() < pages_needed + self.indirect_pages_for(pages_needed) {
+        if self.ring.as_ref().is_none_or(|r| r.ring.is_full())
+            || self.pool.available() < pages_needed + self.indirect_pages_for(pages_needed)
+        {
             return Err(SubmitError::Busy);
         }
         let id = self.ids.alloc().ok_or(SubmitError::Busy)?;
-        let readonly = crate::profile::FRONTEND_READONLY_WRITE_GRANTS && !self.neg.persistent && matches!(kind, ShadowKind::Rw(op) if op.is_write());
+        let readonly = crate::profile::FRONTEND_READONLY_WRITE_GRANTS
+            && !self.neg.persistent
+            && matches!(kind, ShadowKind::Rw(op) if op.is_write());
         let mut pages: heapless::Vec<u16, MAX_DATA_PAGES> = heapless::Vec::new();
         for i in 0..pages_needed {
             match self.pool.get(plat, readonly) {
@@ -923,11 +963,11 @@ impl Frontend {
             issued: false,
         });
         if let Err(e) = self.finish_submit(plat, id) {
-            if let Some(sh) = self.shadows[id as usize].take() {
-                if let Data::Pool(p) = sh.data {
-                    for &i in &p {
-                        self.pool.put_unused(i);
-                    }
+            if let Some(sh) = self.shadows[id as usize].take()
+                && let Data::Pool(p) = sh.data
+            {
+                for &i in &p {
+                    self.pool.put_unused(i);
                 }
             }
             self.ids.free(id as u64);
@@ -1028,11 +1068,11 @@ impl Frontend {
             return;
         }
         self.unpushed = false;
-        if let Some(r) = self.ring.as_mut() {
-            if r.ring.push_requests() {
-                self.stats.notifies += 1;
-                let _ = plat.notify(r.port);
-            }
+        if let Some(r) = self.ring.as_mut()
+            && r.ring.push_requests()
+        {
+            self.stats.notifies += 1;
+            let _ = plat.notify(r.port);
         }
     }
 
@@ -1057,7 +1097,8 @@ impl Frontend {
                     }
                 };
                 // Validate against our own records (2021 blkfront hardening).
-                let Some(sh) = self.ids.is_in_flight(rsp.id).then(|| self.shadows[rsp.id as usize].as_ref()).flatten() else {
+                let Some(sh) = self.ids.is_in_flight(rsp.id).then(|| self.shadows[rsp.id as usize].as_ref()).flatten()
+                else {
                     self.fail(plat, FailReason::BadResponseId);
                     return done + self.fail_all(plat, &mut f);
                 };
@@ -1111,7 +1152,13 @@ impl Frontend {
     }
 
     /// Completes shadow `id`; returns false if the device failed while releasing pages.
-    fn complete<P: FrontendPlatform>(&mut self, plat: &mut P, id: u16, status: Status, f: &mut impl FnMut(&mut Completion<'_>)) -> bool {
+    fn complete<P: FrontendPlatform>(
+        &mut self,
+        plat: &mut P,
+        id: u16,
+        status: Status,
+        f: &mut impl FnMut(&mut Completion<'_>),
+    ) -> bool {
         let Some(mut sh) = self.shadows[id as usize].take() else { return true };
         self.ids.free(id as u64);
         self.stats.completed += 1;
@@ -1130,7 +1177,14 @@ impl Frontend {
             }
         }
         {
-            let mut c = Completion { tag: sh.tag, status: if ok { status } else { Status::Error }, sector: sh.sector, bytes: sh.bytes, pool: &self.pool, data: &mut sh.data };
+            let mut c = Completion {
+                tag: sh.tag,
+                status: if ok { status } else { Status::Error },
+                sector: sh.sector,
+                bytes: sh.bytes,
+                pool: &self.pool,
+                data: &mut sh.data,
+            };
             f(&mut c);
         }
         match sh.data {
@@ -1192,7 +1246,12 @@ impl Frontend {
         self.phase == Phase::Connected
     }
 
-    fn run_blocking<P: FrontendPlatform + Wait>(&mut self, plat: &mut P, tag: u64, mut on_done: impl FnMut(&Completion<'_>)) -> Status {
+    fn run_blocking<P: FrontendPlatform + Wait>(
+        &mut self,
+        plat: &mut P,
+        tag: u64,
+        mut on_done: impl FnMut(&Completion<'_>),
+    ) -> Status {
         let mut result = None;
         loop {
             self.poll(plat, |c| {
@@ -1214,7 +1273,12 @@ impl Frontend {
         }
     }
 
-    fn submit_blocking<P: FrontendPlatform + Wait>(&mut self, plat: &mut P, io: Io<'_>, tag: u64) -> Result<(), SubmitError> {
+    fn submit_blocking<P: FrontendPlatform + Wait>(
+        &mut self,
+        plat: &mut P,
+        io: Io<'_>,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
         loop {
             match self.submit(plat, io, tag) {
                 Err(SubmitError::Busy) => {
@@ -1233,14 +1297,20 @@ impl Frontend {
     /// Reads `buf.len()` bytes (a multiple of 512) at `sector`, waiting for completion.
     /// Splits large reads. Other requests' completions seen meanwhile are dropped, so use it
     /// when nothing else is in flight.
-    pub fn read_blocking<P: FrontendPlatform + Wait>(&mut self, plat: &mut P, sector: u64, buf: &mut [u8]) -> Result<(), Status> {
+    pub fn read_blocking<P: FrontendPlatform + Wait>(
+        &mut self,
+        plat: &mut P,
+        sector: u64,
+        buf: &mut [u8],
+    ) -> Result<(), Status> {
         let chunk = self.max_request_bytes().max(PAGE_SIZE);
         let mut off = 0;
         while off < buf.len() {
             let n = (buf.len() - off).min(chunk);
             let s = sector + (off / SECTOR_SIZE) as u64;
             let tag = u64::MAX - 1;
-            self.submit_blocking(plat, Io::Read { sector: s, sectors: (n / SECTOR_SIZE) as u32 }, tag).map_err(|_| Status::Error)?;
+            self.submit_blocking(plat, Io::Read { sector: s, sectors: (n / SECTOR_SIZE) as u32 }, tag)
+                .map_err(|_| Status::Error)?;
             let dst = &mut buf[off..off + n];
             let st = self.run_blocking(plat, tag, |c| {
                 c.read_data(dst);
@@ -1254,14 +1324,20 @@ impl Frontend {
     }
 
     /// Writes `data` (a multiple of 512 bytes) at `sector`, waiting for completion.
-    pub fn write_blocking<P: FrontendPlatform + Wait>(&mut self, plat: &mut P, sector: u64, data: &[u8]) -> Result<(), Status> {
+    pub fn write_blocking<P: FrontendPlatform + Wait>(
+        &mut self,
+        plat: &mut P,
+        sector: u64,
+        data: &[u8],
+    ) -> Result<(), Status> {
         let chunk = self.max_request_bytes().max(PAGE_SIZE);
         let mut off = 0;
         while off < data.len() {
             let n = (data.len() - off).min(chunk);
             let s = sector + (off / SECTOR_SIZE) as u64;
             let tag = u64::MAX - 2;
-            self.submit_blocking(plat, Io::Write { sector: s, data: &data[off..off + n] }, tag).map_err(|_| Status::Error)?;
+            self.submit_blocking(plat, Io::Write { sector: s, data: &data[off..off + n] }, tag)
+                .map_err(|_| Status::Error)?;
             let st = self.run_blocking(plat, tag, |_| {});
             if st != Status::Ok {
                 return Err(st);
@@ -1274,7 +1350,8 @@ impl Frontend {
     /// Flushes the disk cache, waiting for completion.
     pub fn flush_blocking<P: FrontendPlatform + Wait>(&mut self, plat: &mut P) -> Result<(), Status> {
         let tag = u64::MAX - 3;
-        self.submit_blocking(plat, Io::Flush, tag).map_err(|e| if e == SubmitError::Unsupported { Status::NotSupported } else { Status::Error })?;
+        self.submit_blocking(plat, Io::Flush, tag)
+            .map_err(|e| if e == SubmitError::Unsupported { Status::NotSupported } else { Status::Error })?;
         match self.run_blocking(plat, tag, |_| {}) {
             Status::Ok => Ok(()),
             s => Err(s),

@@ -1,7 +1,9 @@
 //! The role state machines and data paths.
 
 #[cfg(feature = "backend")]
-pub mod storage;
+pub mod backend;
 #[cfg(feature = "frontend")]
 pub mod frontend;
+#[cfg(feature = "backend")]
+pub mod storage;
 pub(crate) mod xs;

@@ -78,7 +78,12 @@ pub fn read_state<X: XenStore + ?Sized>(xs: &mut X, dir: &str) -> XenbusState {
 }
 
 /// Reads a string value into `out`.
-pub fn read_str<X: XenStore + ?Sized, const N: usize>(xs: &mut X, tx: Tx, dir: &str, key: &str) -> Read<heapless::String<N>> {
+pub fn read_str<X: XenStore + ?Sized, const N: usize>(
+    xs: &mut X,
+    tx: Tx,
+    dir: &str,
+    key: &str,
+) -> Read<heapless::String<N>> {
     let mut buf = [0u8; N];
     match xs.read(tx, &join(dir, key), &mut buf) {
         Ok(n) => {
@@ -119,7 +124,10 @@ pub fn write_state<X: XenStore + ?Sized>(xs: &mut X, dir: &str, s: XenbusState) 
 }
 
 /// Runs `f` in a transaction, retrying on conflict up to 16 times.
-pub fn transaction<X: XenStore + ?Sized>(xs: &mut X, mut f: impl FnMut(&mut X, Tx) -> Result<(), PlatformError>) -> Result<(), PlatformError> {
+pub fn transaction<X: XenStore + ?Sized>(
+    xs: &mut X,
+    mut f: impl FnMut(&mut X, Tx) -> Result<(), PlatformError>,
+) -> Result<(), PlatformError> {
     for _ in 0..16 {
         let tx = xs.transaction_start()?;
         match f(xs, tx) {

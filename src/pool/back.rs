@@ -19,6 +19,7 @@ use crate::proto::grant::{GntStatus, GrantRef};
 
 /// Capacity (entries) of one ring's cache, fixed by the config.
 pub const CAPACITY: usize = config::BACKEND_MAX_GRANTS;
+#[cfg_attr(feature = "pool-dynamic", allow(dead_code))]
 const INDEX_CAP: usize = if CAPACITY == 0 { 1 } else { (CAPACITY * 2).next_power_of_two() };
 const EMPTY: u32 = u32::MAX;
 
@@ -29,12 +30,14 @@ cfg_if::cfg_if! {
         fn new_slots() -> Slots { alloc::vec::Vec::new() }
         fn new_index(cap: usize) -> Index { alloc::vec![EMPTY; cap] }
         const fn initial_index_cap() -> usize { 16 }
+        fn push_slot(v: &mut Slots, e: Option<Cached>) -> bool { v.push(e); true }
     } else {
         type Slots = heapless::Vec<Option<Cached>, CAPACITY>;
         type Index = [u32; INDEX_CAP];
         fn new_slots() -> Slots { heapless::Vec::new() }
         fn new_index(_cap: usize) -> Index { [EMPTY; INDEX_CAP] }
         const fn initial_index_cap() -> usize { INDEX_CAP }
+        fn push_slot(v: &mut Slots, e: Option<Cached>) -> bool { v.push(e).is_ok() }
     }
 }
 
@@ -152,10 +155,10 @@ impl GrantCache {
             if s == EMPTY {
                 return None;
             }
-            if let Some(Some(c)) = self.slots.get(s as usize) {
-                if c.gref == gref {
-                    return Some(h);
-                }
+            if let Some(Some(c)) = self.slots.get(s as usize)
+                && c.gref == gref
+            {
+                return Some(h);
             }
             h = (h + 1) & (self.index_cap - 1);
         }
@@ -183,12 +186,12 @@ impl GrantCache {
             self.overflow = true;
             return None;
         }
-        if let Some(b) = budget {
-            if !b.take() {
-                self.stats.overflows += 1;
-                self.overflow = true;
-                return None;
-            }
+        if let Some(b) = budget
+            && !b.take()
+        {
+            self.stats.overflows += 1;
+            self.overflow = true;
+            return None;
         }
         #[cfg(feature = "pool-dynamic")]
         if (self.len + 1) * 2 > self.index_cap {
@@ -204,7 +207,7 @@ impl GrantCache {
             s
         } else {
             let s = self.slots.len() as u32;
-            if self.slots.push(entry).is_err() {
+            if !push_slot(&mut self.slots, entry) {
                 if let Some(b) = budget {
                     b.give(1);
                 }
@@ -290,14 +293,21 @@ impl GrantCache {
 
     /// Evicts up to `max` inactive entries chosen by `pick` and unmaps them in batches of
     /// 11. Returns how many were evicted.
-    fn evict<M: GrantMapper>(&mut self, mapper: &mut M, budget: Option<&GrantBudget>, max: usize, mut pick: impl FnMut(&Cached) -> bool) -> usize {
+    fn evict<M: GrantMapper>(
+        &mut self,
+        mapper: &mut M,
+        budget: Option<&GrantBudget>,
+        max: usize,
+        mut pick: impl FnMut(&Cached) -> bool,
+    ) -> usize {
         let mut batch: heapless::Vec<Mapping, 11> = heapless::Vec::new();
         let mut status = [GntStatus::Okay; 11];
         let mut n = 0;
         let mut h = 0;
         while h < self.index_cap && n < max {
             let s = self.index[h];
-            let take = s != EMPTY && self.slots.get(s as usize).copied().flatten().is_some_and(|c| c.active == 0 && pick(&c));
+            let take =
+                s != EMPTY && self.slots.get(s as usize).copied().flatten().is_some_and(|c| c.active == 0 && pick(&c));
             if !take {
                 h += 1;
                 continue;
@@ -325,7 +335,13 @@ impl GrantCache {
     /// Periodic purge (Linux blkback's policy): entries idle for at least `idle` ticks go,
     /// and after an overflow (or above the limit) enough least-recently-used inactive entries
     /// go to bring the cache 5 % under its limit. `idle == 0` disables expiry.
-    pub fn purge<M: GrantMapper>(&mut self, mapper: &mut M, budget: Option<&GrantBudget>, now: u64, idle: u64) -> usize {
+    pub fn purge<M: GrantMapper>(
+        &mut self,
+        mapper: &mut M,
+        budget: Option<&GrantBudget>,
+        now: u64,
+        idle: u64,
+    ) -> usize {
         let mut evicted = 0;
         if idle > 0 {
             evicted += self.evict(mapper, budget, usize::MAX, |c| now.saturating_sub(c.last_used) >= idle);
@@ -347,7 +363,7 @@ impl GrantCache {
             self.overflow = false;
         }
         #[cfg(feature = "pool-dynamic")]
-        if self.len == 0 && self.slots.len() > 0 {
+        if self.len == 0 && !self.slots.is_empty() {
             self.slots.clear();
             self.slots.shrink_to_fit();
             self.free_slots = EMPTY;

@@ -29,6 +29,10 @@ cfg_if::cfg_if! {
         fn new_entries() -> Entries { alloc::vec::Vec::new() }
         fn new_free() -> FreeList { alloc::collections::VecDeque::new() }
         fn new_parked() -> Parked { alloc::vec::Vec::new() }
+        fn push_entry(v: &mut Entries, e: Entry) -> bool { v.push(e); true }
+        fn push_back(v: &mut FreeList, i: u16) { v.push_back(i) }
+        fn push_front(v: &mut FreeList, i: u16) { v.push_front(i) }
+        fn park(v: &mut Parked, i: u16) { v.push(i) }
     } else {
         type Entries = heapless::Vec<Entry, { config::FRONTEND_POOL_GRANTS }>;
         type FreeList = heapless::Deque<u16, { config::FRONTEND_POOL_GRANTS }>;
@@ -36,6 +40,12 @@ cfg_if::cfg_if! {
         fn new_entries() -> Entries { heapless::Vec::new() }
         fn new_free() -> FreeList { heapless::Deque::new() }
         fn new_parked() -> Parked { heapless::Vec::new() }
+        fn push_entry(v: &mut Entries, e: Entry) -> bool { v.push(e).is_ok() }
+        // The free list and the parked list hold at most CAPACITY distinct indices, so
+        // these pushes cannot overflow.
+        fn push_back(v: &mut FreeList, i: u16) { let _ = v.push_back(i); }
+        fn push_front(v: &mut FreeList, i: u16) { let _ = v.push_front(i); }
+        fn park(v: &mut Parked, i: u16) { let _ = v.push(i); }
     }
 }
 
@@ -93,7 +103,14 @@ impl FrontPool {
     /// An empty pool that may hold up to `limit` pages (clamped to [`CAPACITY`]), granting
     /// to `peer`.
     pub fn new(limit: usize, peer: DomId) -> FrontPool {
-        FrontPool { entries: new_entries(), free: new_free(), parked: new_parked(), limit: limit.clamp(1, CAPACITY), peer, stats: PoolStats::default() }
+        FrontPool {
+            entries: new_entries(),
+            free: new_free(),
+            parked: new_parked(),
+            limit: limit.clamp(1, CAPACITY),
+            peer,
+            stats: PoolStats::default(),
+        }
     }
 
     /// The page limit.
@@ -120,7 +137,7 @@ impl FrontPool {
                     return Err(PoolError::Exhausted);
                 }
                 let i = self.entries.len() as u16;
-                if self.entries.push(Entry { page: None, gref: None, readonly, busy: false }).is_err() {
+                if !push_entry(&mut self.entries, Entry { page: None, gref: None, readonly, busy: false }) {
                     return Err(PoolError::Exhausted);
                 }
                 i
@@ -133,7 +150,7 @@ impl FrontPool {
             }
             Err(e) => {
                 // Put it back at the tail so that nothing is lost.
-                let _ = self.free.push_back(idx);
+                push_back(&mut self.free, idx);
                 Err(e)
             }
         }
@@ -197,28 +214,28 @@ impl FrontPool {
         }
         e.busy = false;
         let Some(g) = e.gref else {
-            let _ = self.free.push_back(idx);
+            push_back(&mut self.free, idx);
             return Ok(());
         };
         match plat.end_access(g) {
             Ok(()) => {
                 e.gref = None;
                 self.stats.revokes += 1;
-                let _ = self.free.push_back(idx);
+                push_back(&mut self.free, idx);
                 Ok(())
             }
             Err(RevokeError::NotGranted) => {
                 e.gref = None;
-                let _ = self.free.push_back(idx);
+                push_back(&mut self.free, idx);
                 Ok(())
             }
             Err(RevokeError::InUse) if persistent => {
                 self.stats.kept_mapped += 1;
-                let _ = self.free.push_front(idx);
+                push_front(&mut self.free, idx);
                 Ok(())
             }
             Err(RevokeError::InUse) => {
-                let _ = self.parked.push(idx);
+                park(&mut self.parked, idx);
                 Err(PoolError::StillMapped)
             }
         }
@@ -226,17 +243,22 @@ impl FrontPool {
 
     /// Pages returned without ending their grants (the request never reached the backend).
     pub fn put_unused(&mut self, idx: u16) {
-        if let Some(e) = self.entries.get_mut(idx as usize) {
-            if e.busy {
-                e.busy = false;
-                let _ = self.free.push_front(idx);
-            }
+        if let Some(e) = self.entries.get_mut(idx as usize)
+            && e.busy
+        {
+            e.busy = false;
+            push_front(&mut self.free, idx);
         }
     }
 
     /// Makes sure a page that is handed out is granted with the wanted permission (after a
     /// reconnect its grant was ended).
-    pub fn ensure_granted<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, readonly: bool) -> Result<(), PoolError> {
+    pub fn ensure_granted<P: FrontendPlatform>(
+        &mut self,
+        plat: &mut P,
+        idx: u16,
+        readonly: bool,
+    ) -> Result<(), PoolError> {
         self.prepare(plat, idx, readonly)
     }
 
@@ -297,9 +319,9 @@ impl FrontPool {
                 if let Some(p) = e.page {
                     p.mem.zero(0, p.mem.len());
                 }
-                let _ = self.free.push_back(i as u16);
+                push_back(&mut self.free, i as u16);
             } else {
-                let _ = self.parked.push(i as u16);
+                park(&mut self.parked, i as u16);
             }
         }
         self.parked.len()
@@ -321,7 +343,7 @@ impl FrontPool {
                     p.mem.zero(0, p.mem.len());
                 }
                 self.parked.swap_remove(i);
-                let _ = self.free.push_back(idx);
+                push_back(&mut self.free, idx);
             } else {
                 i += 1;
             }
@@ -349,12 +371,12 @@ impl FrontPool {
                 break;
             }
             let e = &mut self.entries[idx as usize];
-            if e.gref.is_none() {
-                if let Some(p) = e.page.take() {
-                    plat.free_page(p);
-                    freed += 1;
-                    resident -= 1;
-                }
+            if e.gref.is_none()
+                && let Some(p) = e.page.take()
+            {
+                plat.free_page(p);
+                freed += 1;
+                resident -= 1;
             }
         }
         self.stats.pages = resident as u64;
@@ -369,11 +391,11 @@ impl FrontPool {
                 continue;
             }
             let e = &mut self.entries[i];
-            if e.gref.is_none() {
-                if let Some(p) = e.page.take() {
-                    plat.free_page(p);
-                    self.stats.pages -= 1;
-                }
+            if e.gref.is_none()
+                && let Some(p) = e.page.take()
+            {
+                plat.free_page(p);
+                self.stats.pages -= 1;
             }
         }
     }

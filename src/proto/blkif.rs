@@ -551,10 +551,20 @@ mod tests {
     #[test]
     fn round_trip_every_kind_both_abis() {
         let reqs = [
-            Request { id: 0x1122_3344_5566_7788, handle: 0xca00, sector: 0x0102_0304_0506_0708, kind: ReqKind::Rw { op: RwOp::Write, segs: segs(&[(9, 0, 7), (10, 2, 3)]) } },
+            Request {
+                id: 0x1122_3344_5566_7788,
+                handle: 0xca00,
+                sector: 0x0102_0304_0506_0708,
+                kind: ReqKind::Rw { op: RwOp::Write, segs: segs(&[(9, 0, 7), (10, 2, 3)]) },
+            },
             Request { id: 3, handle: 1, sector: 0, kind: ReqKind::Rw { op: RwOp::Flush, segs: SegList::new() } },
             Request { id: 4, handle: 1, sector: 8, kind: ReqKind::Discard { secure: true, nr_sectors: 1 << 40 } },
-            Request { id: 5, handle: 2, sector: 16, kind: ReqKind::Indirect { op: RwOp::Read, nr_segments: 600, pages: [77, 78].into_iter().collect() } },
+            Request {
+                id: 5,
+                handle: 2,
+                sector: 16,
+                kind: ReqKind::Indirect { op: RwOp::Read, nr_segments: 600, pages: [77, 78].into_iter().collect() },
+            },
         ];
         for abi in [Abi::X86_64, Abi::X86_32] {
             for r in &reqs {
@@ -567,7 +577,8 @@ mod tests {
 
     #[test]
     fn id_offset_differs_by_abi() {
-        let r = Request { id: 0xAB, handle: 0, sector: 0, kind: ReqKind::Rw { op: RwOp::Read, segs: segs(&[(8, 0, 0)]) } };
+        let r =
+            Request { id: 0xAB, handle: 0, sector: 0, kind: ReqKind::Rw { op: RwOp::Read, segs: segs(&[(8, 0, 0)]) } };
         assert_eq!(encode_request(Abi::X86_64, &r).as_bytes()[8], 0xAB);
         assert_eq!(encode_request(Abi::X86_32, &r).as_bytes()[4], 0xAB);
     }

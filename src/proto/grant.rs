@@ -267,7 +267,10 @@ mod tests {
         let t = GrantTableV1::new(mem);
         assert_eq!(t.len(), 512);
         assert!(t.grant(GrantRef(9), DomId(3), 0x1234, true));
-        assert_eq!(t.read(GrantRef(9)), Some(GrantEntry { flags: GTF_PERMIT_ACCESS | GTF_READONLY, domid: 3, frame: 0x1234 }));
+        assert_eq!(
+            t.read(GrantRef(9)),
+            Some(GrantEntry { flags: GTF_PERMIT_ACCESS | GTF_READONLY, domid: 3, frame: 0x1234 })
+        );
         assert!(!t.grant(GrantRef(9), DomId(3), 1, false), "live entry must not be overwritten");
         mem.fetch_or_u16(9 * 8, GTF_READING);
         assert_eq!(t.revoke(GrantRef(9)), Err(RevokeError::InUse));

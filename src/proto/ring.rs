@@ -16,7 +16,9 @@
 
 use core::sync::atomic::{Ordering, fence};
 
-use super::blkif::{Abi, Rejected, Request, Response, decode_request, decode_response, encode_request, encode_response};
+use super::blkif::{
+    Abi, Rejected, Request, Response, decode_request, decode_response, encode_request, encode_response,
+};
 use super::shmem::SharedMem;
 
 /// Byte size of a ring page.

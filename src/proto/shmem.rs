@@ -241,8 +241,7 @@ impl SharedMem {
     #[inline]
     #[track_caller]
     pub fn cmpxchg_u16(&self, off: usize, current: u16, new: u16) -> Result<u16, u16> {
-        self.atomic_u16(off)
-            .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+        self.atomic_u16(off).compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
     }
 
     /// Atomic fetch-or on the u16 at `off` (hypervisor side: setting GTF_reading/writing).

@@ -1,0 +1,925 @@
+//! The backend: serves one virtual disk to one frontend.
+//!
+//! The board owns the event loop: it calls [`Backend::on_xenstore`] when a watch fires and
+//! [`Backend::process`] when the frontend's event channel does. Requests are served
+//! synchronously against a [`Storage`]; every consumed request gets exactly one response.
+//!
+//! Data paths: with persistent grants negotiated, each segment's grant is looked up in the
+//! ring's [`GrantCache`] and mapped (read-write, once) on a miss; the mapping is kept. Without
+//! persistence every segment is mapped for the request (read-only for writes) and unmapped when
+//! it completes. In [`DataPath::Copy`] mode nothing is mapped: the hypervisor copies between the
+//! frontend's page and a bounce page of ours (QEMU's way).
+//!
+//! Hostile frontends: each request is copied out of its slot once and validated on the copy;
+//! indirect pages are copied once into private memory before their segments are decoded; a
+//! bogus `req_prod` shuts this ring down (the backend then answers nothing more and waits for
+//! the frontend to close); a failed map fails only its request (and unmaps what was mapped);
+//! event storms are counted and cost one empty check each; the frontend's `state` may flap at
+//! will (teardown is idempotent).
+
+use crate::config;
+use crate::modes::storage::{Storage, StorageError};
+use crate::platform::{BackendPlatform, CopyOp, CopyPtr, MapRequest, Mapping, Page, PlatformError, Port, Tx};
+use crate::pool::back::{GrantBudget, GrantCache, Slot};
+use crate::proto::blkif::{
+    self, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, RejectReason, ReqKind, Request, Response, RwOp, SECTOR_SIZE,
+    SEGMENTS_PER_INDIRECT_PAGE, Segment,
+};
+use crate::proto::grant::{DomId, GntStatus, GrantRef};
+use crate::proto::ring::{BackRing, PAGE_SIZE};
+use crate::proto::xenbus::{XenbusState, keys};
+
+use super::xs::{self, Read};
+
+/// How data moves between the frontend's pages and the storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum DataPath {
+    /// Map the frontend's grants (persistently when negotiated).
+    Map,
+    /// Grant copy through bounce pages; never maps, never offers persistence.
+    Copy,
+}
+
+/// Backend settings (defaults from the build config).
+#[derive(Clone, Copy, Debug)]
+pub struct BackendConfig {
+    /// Offer persistent grants.
+    pub persistent: bool,
+    /// Data path.
+    pub data_path: DataPath,
+    /// Persistent mappings kept per ring.
+    pub max_grants: usize,
+    /// Indirect segments offered (0: no indirect).
+    pub max_indirect_segments: usize,
+    /// Ring order offered.
+    pub max_ring_order: u32,
+    /// Milliseconds after which an unused persistent mapping is dropped (0: never).
+    pub grant_idle_ms: u64,
+    /// Budget shared by all backends of this domain.
+    pub budget: Option<&'static GrantBudget>,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            persistent: config::BACKEND_PERSISTENT,
+            data_path: DataPath::Map,
+            max_grants: config::BACKEND_MAX_GRANTS,
+            max_indirect_segments: config::BACKEND_MAX_INDIRECT_SEGMENTS,
+            max_ring_order: config::RING_ORDER.min(crate::profile::MAX_RING_ORDER),
+            grant_idle_ms: config::BACKEND_GRANT_IDLE_SECS as u64 * 1000,
+            budget: None,
+        }
+    }
+}
+
+/// Segments of one indirect request this backend can hold, fixed by the config.
+pub const MAX_BACKEND_SEGMENTS: usize = if config::BACKEND_MAX_INDIRECT_SEGMENTS > blkif::MAX_SEGMENTS_PER_REQUEST {
+    config::BACKEND_MAX_INDIRECT_SEGMENTS
+} else {
+    blkif::MAX_SEGMENTS_PER_REQUEST
+};
+/// Segments mapped per batch.
+const CHUNK: usize = 16;
+
+/// Where the backend is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum BackPhase {
+    /// Limits published; waiting for the frontend's ring.
+    InitWait,
+    /// Serving.
+    Connected,
+    /// The frontend broke the ring protocol; nothing more is served until it closes.
+    Halted(HaltReason),
+    /// Torn down; may reconnect when the frontend re-initialises.
+    Closed,
+    /// Torn down and the toolstack asked for removal (`online` = 0).
+    Removed,
+}
+
+/// Why a ring was shut down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum HaltReason {
+    /// `req_prod` ran past the ring.
+    RequestOverflow,
+    /// Bad or missing ring keys (refs, event channel, order, protocol).
+    BadFrontendKeys,
+    /// The ring could not be mapped or the event channel bound.
+    Platform(PlatformError),
+}
+
+/// What was negotiated at the last connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackNegotiated {
+    /// The frontend's protocol.
+    pub protocol: Protocol,
+    /// Persistent grants in use.
+    pub persistent: bool,
+    /// Ring order.
+    pub ring_order: u32,
+    /// Ring slots.
+    pub slots: u32,
+}
+
+/// Backend counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackStats {
+    /// Requests answered.
+    pub requests: u64,
+    /// Answered with an error.
+    pub errors: u64,
+    /// Answered EOPNOTSUPP.
+    pub unsupported: u64,
+    /// Grant maps done.
+    pub maps: u64,
+    /// Grant unmaps done.
+    pub unmaps: u64,
+    /// Grant-copy elements done.
+    pub copies: u64,
+    /// Failed map elements.
+    pub map_failures: u64,
+    /// Notifications sent to the frontend.
+    pub notifies: u64,
+    /// `process` calls that found nothing to do (event storms show here).
+    pub spurious: u64,
+    /// Connections made.
+    pub connects: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+}
+
+struct Conn {
+    ring: BackRing,
+    ring_map: Mapping,
+    port: Port,
+    neg: BackNegotiated,
+}
+
+/// A blkif backend for one vbd.
+pub struct Backend<S: Storage> {
+    cfg: BackendConfig,
+    dir: crate::platform::XsPath,
+    front_dir: crate::platform::XsPath,
+    front_id: DomId,
+    handle: u16,
+    phase: BackPhase,
+    conn: Option<Conn>,
+    cache: GrantCache,
+    storage: S,
+    stats: BackStats,
+    now_ms: u64,
+    watch_token: u32,
+    bounce: heapless::Vec<Page, CHUNK>,
+    indirect_buf: [u8; PAGE_SIZE],
+    segs: heapless::Vec<Segment, MAX_BACKEND_SEGMENTS>,
+}
+
+/// Why a backend could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ProbeError {
+    /// The toolstack keys (`frontend`, `frontend-id`) are missing or malformed.
+    NoFrontend,
+    /// The platform failed.
+    Platform(PlatformError),
+}
+
+struct Seg {
+    seg: Segment,
+    map: Option<Mapping>,
+    slot: Option<Slot>,
+    /// Mapped for this request only: unmap when done.
+    transient: bool,
+}
+
+impl<S: Storage> Backend<S> {
+    /// Probes the vbd whose backend directory is `dir` (for example
+    /// `/local/domain/0/backend/vbd/5/51712`): reads the toolstack keys, publishes limits,
+    /// goes InitWait, and watches the frontend's `state` under `watch_token`.
+    pub fn probe<P: BackendPlatform>(
+        plat: &mut P,
+        dir: &str,
+        cfg: BackendConfig,
+        storage: S,
+        watch_token: u32,
+    ) -> Result<Backend<S>, ProbeError> {
+        let front_dir = match xs::read_str::<P, 160>(plat, Tx::NONE, dir, keys::FRONTEND) {
+            Read::Ok(s) => s,
+            _ => return Err(ProbeError::NoFrontend),
+        };
+        let front_id = match xs::read_u64(plat, Tx::NONE, dir, keys::FRONTEND_ID) {
+            Read::Ok(v) if v < 0x7ff0 => DomId(v as u16),
+            _ => return Err(ProbeError::NoFrontend),
+        };
+        // The handle is the device number, the last path component.
+        let handle = dir.rsplit('/').next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0) as u16;
+        let mut d = crate::platform::XsPath::new();
+        let _ = d.push_str(dir);
+        let mut fd = crate::platform::XsPath::new();
+        let _ = fd.push_str(&front_dir);
+        let mut b = Backend {
+            cfg,
+            dir: d,
+            front_dir: fd,
+            front_id,
+            handle,
+            phase: BackPhase::Closed,
+            conn: None,
+            cache: GrantCache::new(cfg.max_grants),
+            storage,
+            stats: BackStats::default(),
+            now_ms: 0,
+            watch_token,
+            bounce: heapless::Vec::new(),
+            indirect_buf: [0; PAGE_SIZE],
+            segs: heapless::Vec::new(),
+        };
+        if cfg.data_path == DataPath::Copy {
+            for _ in 0..CHUNK {
+                let p = plat.alloc_page().map_err(ProbeError::Platform)?;
+                let _ = b.bounce.push(p);
+            }
+        }
+        plat.watch(&xs::join(&b.front_dir, keys::STATE), watch_token).map_err(ProbeError::Platform)?;
+        b.init_wait(plat).map_err(ProbeError::Platform)?;
+        b.on_xenstore(plat);
+        Ok(b)
+    }
+
+    fn persistent_offered(&self) -> bool {
+        self.cfg.persistent && self.cfg.data_path == DataPath::Map && self.cfg.max_grants > 0
+    }
+
+    fn init_wait<P: BackendPlatform>(&mut self, plat: &mut P) -> Result<(), PlatformError> {
+        let dir = self.dir.clone();
+        let max_ind = self.cfg.max_indirect_segments.min(MAX_BACKEND_SEGMENTS);
+        let order = self.cfg.max_ring_order.min(crate::profile::MAX_RING_ORDER).min(config::RING_ORDER);
+        xs::transaction(plat, |x, tx| {
+            if max_ind > blkif::MAX_SEGMENTS_PER_REQUEST {
+                xs::write_u64(x, tx, &dir, keys::FEATURE_MAX_INDIRECT_SEGMENTS, max_ind as u64)?;
+            }
+            if order > 0 {
+                xs::write_u64(x, tx, &dir, keys::MAX_RING_PAGE_ORDER, order as u64)?;
+                xs::write_u64(x, tx, &dir, keys::MAX_RING_PAGES, 1u64 << order)?;
+            }
+            if crate::profile::BACKEND_CONNECTS_EARLY {
+                Self::write_disk_keys_with(x, tx, &dir, &self.storage, self.persistent_offered())?;
+                xs::write_str(x, tx, &dir, keys::STATE, XenbusState::Connected.as_str())
+            } else {
+                xs::write_str(x, tx, &dir, keys::STATE, XenbusState::InitWait.as_str())
+            }
+        })?;
+        self.phase = BackPhase::InitWait;
+        Ok(())
+    }
+
+    fn write_disk_keys_with<X: crate::platform::XenStore + ?Sized>(
+        x: &mut X,
+        tx: Tx,
+        dir: &str,
+        storage: &S,
+        persistent: bool,
+    ) -> Result<(), PlatformError> {
+        let info = storage.info();
+        xs::write_u64(x, tx, dir, keys::FEATURE_FLUSH_CACHE, info.flush as u64)?;
+        xs::write_u64(x, tx, dir, keys::FEATURE_BARRIER, 1)?;
+        xs::write_u64(x, tx, dir, keys::FEATURE_DISCARD, info.discard as u64)?;
+        if info.discard {
+            xs::write_u64(
+                x,
+                tx,
+                dir,
+                keys::DISCARD_GRANULARITY,
+                info.discard_granularity.max(info.sector_size) as u64,
+            )?;
+            xs::write_u64(x, tx, dir, keys::DISCARD_ALIGNMENT, 0)?;
+            xs::write_u64(x, tx, dir, keys::DISCARD_SECURE, info.discard_secure as u64)?;
+        }
+        xs::write_u64(x, tx, dir, keys::FEATURE_PERSISTENT, persistent as u64)?;
+        xs::write_u64(x, tx, dir, keys::SECTORS, info.sectors)?;
+        xs::write_u64(x, tx, dir, keys::INFO, if info.read_only { blkif::VDISK_READONLY as u64 } else { 0 })?;
+        xs::write_u64(x, tx, dir, keys::SECTOR_SIZE, info.sector_size as u64)?;
+        xs::write_u64(x, tx, dir, keys::PHYSICAL_SECTOR_SIZE, info.physical_sector_size.max(info.sector_size) as u64)
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> BackPhase {
+        self.phase
+    }
+    /// What was negotiated.
+    pub fn negotiated(&self) -> Option<BackNegotiated> {
+        self.conn.as_ref().map(|c| c.neg)
+    }
+    /// Counters.
+    pub fn stats(&self) -> BackStats {
+        self.stats
+    }
+    /// Persistent-grant cache counters and size.
+    pub fn cache(&self) -> (crate::pool::back::CacheStats, usize) {
+        (self.cache.stats(), self.cache.len())
+    }
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+    /// The storage, mutably (resize, fault injection).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+    /// The event-channel port of the connection.
+    pub fn port(&self) -> Option<Port> {
+        self.conn.as_ref().map(|c| c.port)
+    }
+    /// The frontend's domain.
+    pub fn frontend_id(&self) -> DomId {
+        self.front_id
+    }
+    /// Gives the storage back (after [`shutdown`](Self::shutdown)).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    /// Reacts to the frontend's state. Call whenever the watch fires; idempotent.
+    pub fn on_xenstore<P: BackendPlatform>(&mut self, plat: &mut P) {
+        let front = xs::read_state(plat, &self.front_dir);
+        match (self.phase, front) {
+            (BackPhase::InitWait, XenbusState::Initialised | XenbusState::Connected) => self.connect(plat),
+            (
+                BackPhase::Connected | BackPhase::Halted(_) | BackPhase::InitWait,
+                XenbusState::Closing | XenbusState::Closed,
+            ) => {
+                self.disconnect(plat);
+                let _ = xs::write_state(
+                    plat,
+                    &self.dir,
+                    if front == XenbusState::Closing { XenbusState::Closing } else { XenbusState::Closed },
+                );
+                if front == XenbusState::Closed {
+                    self.closed(plat);
+                } else {
+                    self.phase = BackPhase::Closed;
+                    let _ = xs::write_state(plat, &self.dir, XenbusState::Closed);
+                    self.closed(plat);
+                }
+            }
+            (BackPhase::Connected | BackPhase::Halted(_), XenbusState::Initialising | XenbusState::InitWait) => {
+                // The frontend restarted without closing: start over.
+                self.disconnect(plat);
+                self.phase = BackPhase::Closed;
+                self.reprobe(plat);
+            }
+            (BackPhase::Closed, XenbusState::Initialising | XenbusState::InitWait | XenbusState::Initialised) => {
+                self.reprobe(plat)
+            }
+            (BackPhase::Closed, XenbusState::Unknown) => self.closed(plat),
+            _ => {}
+        }
+    }
+
+    fn reprobe<P: BackendPlatform>(&mut self, plat: &mut P) {
+        if !matches!(xs::read_u64(plat, Tx::NONE, &self.dir, keys::ONLINE), Read::Ok(1)) {
+            self.phase = BackPhase::Removed;
+            return;
+        }
+        if self.init_wait(plat).is_ok() {
+            // A frontend already Initialised connects right away.
+            let front = xs::read_state(plat, &self.front_dir);
+            if matches!(front, XenbusState::Initialised | XenbusState::Connected) {
+                self.connect(plat);
+            }
+        }
+    }
+
+    fn closed<P: BackendPlatform>(&mut self, plat: &mut P) {
+        self.phase = BackPhase::Closed;
+        if !matches!(xs::read_u64(plat, Tx::NONE, &self.dir, keys::ONLINE), Read::Ok(1)) {
+            self.phase = BackPhase::Removed;
+        }
+    }
+
+    /// Tells the frontend the disk changed size (the storage already has the new size):
+    /// rewrites `sectors`, then `state`, so the frontend's watch fires.
+    pub fn resize<P: BackendPlatform>(&mut self, plat: &mut P) -> Result<(), PlatformError> {
+        xs::write_u64(plat, Tx::NONE, &self.dir, keys::SECTORS, self.storage.info().sectors)?;
+        let st = if self.phase == BackPhase::Connected { XenbusState::Connected } else { XenbusState::InitWait };
+        xs::write_state(plat, &self.dir, st)
+    }
+
+    fn halt(&mut self, why: HaltReason) {
+        error!("xenblk back: ring halted");
+        self.phase = BackPhase::Halted(why);
+    }
+
+    fn connect<P: BackendPlatform>(&mut self, plat: &mut P) {
+        match self.map_frontend_ring(plat) {
+            Ok(conn) => {
+                let dir = self.dir.clone();
+                let persistent = conn.neg.persistent;
+                let early = crate::profile::BACKEND_CONNECTS_EARLY;
+                let storage = &self.storage;
+                let offered = self.persistent_offered();
+                let res = xs::transaction(plat, |x, tx| {
+                    if !early {
+                        Self::write_disk_keys_with(x, tx, &dir, storage, offered)?;
+                    }
+                    xs::write_str(x, tx, &dir, keys::STATE, XenbusState::Connected.as_str())
+                });
+                info!("xenblk back: connected, persistent {}, order {}", persistent, conn.neg.ring_order);
+                self.conn = Some(conn);
+                self.stats.connects += 1;
+                match res {
+                    Ok(()) => self.phase = BackPhase::Connected,
+                    Err(e) => {
+                        self.phase = BackPhase::Connected;
+                        self.halt(HaltReason::Platform(e));
+                    }
+                }
+                // Requests may already be waiting.
+                self.process(plat);
+            }
+            Err(why) => self.halt(why),
+        }
+    }
+
+    fn map_frontend_ring<P: BackendPlatform>(&mut self, plat: &mut P) -> Result<Conn, HaltReason> {
+        let f = self.front_dir.clone();
+        let protocol = match xs::read_str::<P, 32>(plat, Tx::NONE, &f, keys::PROTOCOL) {
+            Read::Ok(s) => Protocol::parse(&s).ok_or(HaltReason::BadFrontendKeys)?,
+            Read::Missing => crate::profile::DEFAULT_PROTOCOL,
+            Read::Malformed => return Err(HaltReason::BadFrontendKeys),
+        };
+        let front_persistent =
+            xs::read_bool(plat, Tx::NONE, &f, keys::FEATURE_PERSISTENT).or_default(false).unwrap_or(false);
+        let order = match xs::read_u64(plat, Tx::NONE, &f, keys::RING_PAGE_ORDER) {
+            Read::Ok(o) => o,
+            Read::Missing => 0,
+            Read::Malformed => return Err(HaltReason::BadFrontendKeys),
+        };
+        let max_order = self.cfg.max_ring_order.min(crate::profile::MAX_RING_ORDER).min(config::RING_ORDER) as u64;
+        if order > max_order {
+            return Err(HaltReason::BadFrontendKeys);
+        }
+        let order = order as u32;
+        let npages = 1usize << order;
+        let mut grefs: heapless::Vec<GrantRef, 16> = heapless::Vec::new();
+        // A single page: `ring-ref` (or `ring-ref0` from frontends that wrote order 0).
+        if xs::read_u64(plat, Tx::NONE, &f, keys::RING_PAGE_ORDER) == Read::Missing {
+            let g = match xs::read_u64(plat, Tx::NONE, &f, keys::RING_REF) {
+                Read::Ok(g) => g,
+                _ => xs::read_u64(plat, Tx::NONE, &f, "ring-ref0").ok().ok_or(HaltReason::BadFrontendKeys)?,
+            };
+            let _ = grefs.push(GrantRef(u32::try_from(g).map_err(|_| HaltReason::BadFrontendKeys)?));
+        } else {
+            for i in 0..npages {
+                let mut b = [0u8; 32];
+                let k = crate::proto::xenbus::ring_ref_key(i as u32, &mut b);
+                let g = xs::read_u64(plat, Tx::NONE, &f, k).ok().ok_or(HaltReason::BadFrontendKeys)?;
+                let _ = grefs.push(GrantRef(u32::try_from(g).map_err(|_| HaltReason::BadFrontendKeys)?));
+            }
+        }
+        let evtchn = xs::read_u64(plat, Tx::NONE, &f, keys::EVENT_CHANNEL).ok().ok_or(HaltReason::BadFrontendKeys)?;
+        let evtchn = u32::try_from(evtchn).map_err(|_| HaltReason::BadFrontendKeys)?;
+        let ring_map = plat.map_ring(self.front_id, &grefs).map_err(HaltReason::Platform)?;
+        self.stats.maps += npages as u64;
+        let ring = match BackRing::attach(ring_map.mem, protocol.abi()) {
+            Ok(r) => r,
+            Err(_) => {
+                plat.unmap_ring(ring_map);
+                self.stats.unmaps += npages as u64;
+                return Err(HaltReason::BadFrontendKeys);
+            }
+        };
+        let port = match plat.bind_interdomain(self.front_id, Port(evtchn)) {
+            Ok(p) => p,
+            Err(e) => {
+                plat.unmap_ring(ring_map);
+                self.stats.unmaps += npages as u64;
+                return Err(HaltReason::Platform(e));
+            }
+        };
+        let persistent = front_persistent && self.persistent_offered();
+        self.cache.set_limit(if persistent { self.cfg.max_grants } else { 0 });
+        let slots = ring.size();
+        Ok(Conn { ring, ring_map, port, neg: BackNegotiated { protocol, persistent, ring_order: order, slots } })
+    }
+
+    /// Unmaps everything of the connection: persistent grants first, then the ring.
+    /// Idempotent (XSA-350): safe before a connection exists and on repeated calls.
+    fn disconnect<P: BackendPlatform>(&mut self, plat: &mut P) {
+        let n = self.cache.clear(plat, self.cfg.budget);
+        self.stats.unmaps += n as u64;
+        if let Some(c) = self.conn.take() {
+            plat.unbind(c.port);
+            plat.unmap_ring(c.ring_map);
+            self.stats.unmaps += 1u64 << c.neg.ring_order;
+        }
+    }
+
+    /// Tears everything down and frees the bounce pages (the backend is being dropped).
+    pub fn shutdown<P: BackendPlatform>(&mut self, plat: &mut P) {
+        let _ = plat.unwatch(&xs::join(&self.front_dir, keys::STATE), self.watch_token);
+        self.disconnect(plat);
+        while let Some(p) = self.bounce.pop() {
+            plat.free_page(p);
+        }
+        self.phase = BackPhase::Removed;
+    }
+
+    /// Periodic housekeeping: expires idle persistent mappings and, after an overflow,
+    /// evicts least-recently-used ones. `now_ms` is any monotonic clock.
+    pub fn tick<P: BackendPlatform>(&mut self, plat: &mut P, now_ms: u64) {
+        self.now_ms = now_ms;
+        let n = self.cache.purge(plat, self.cfg.budget, now_ms, self.cfg.grant_idle_ms);
+        self.stats.unmaps += n as u64;
+    }
+
+    /// Serves every request available, then re-arms the event and serves what arrived
+    /// meanwhile. Returns the number of requests answered.
+    pub fn process<P: BackendPlatform>(&mut self, plat: &mut P) -> usize {
+        if self.phase != BackPhase::Connected || self.conn.is_none() {
+            return 0;
+        }
+        let mut done = 0;
+        loop {
+            let avail = match self.conn.as_ref().map(|c| c.ring.unconsumed_requests()) {
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    self.halt(HaltReason::RequestOverflow);
+                    self.push(plat);
+                    return done;
+                }
+                None => return done,
+            };
+            let max_ind = self.cfg.max_indirect_segments.min(MAX_BACKEND_SEGMENTS);
+            for _ in 0..avail {
+                let Some(c) = self.conn.as_mut() else { return done };
+                let req = c.ring.take_request_unchecked(max_ind);
+                let rsp = match req {
+                    Ok(r) => {
+                        let status = self.serve(plat, &r);
+                        Response { id: r.id, op: r.op_code(), status }
+                    }
+                    Err(rej) => {
+                        if rej.reason == RejectReason::UnknownOp {
+                            self.stats.unsupported += 1;
+                        } else {
+                            self.stats.errors += 1;
+                        }
+                        Response { id: rej.id, op: rej.op, status: rej.status() }
+                    }
+                };
+                self.stats.requests += 1;
+                if let Some(c) = self.conn.as_mut() {
+                    c.ring.put_response(&rsp);
+                }
+                done += 1;
+                // Publish in batches so the frontend can overlap.
+                if done % 32 == 0 {
+                    self.push(plat);
+                }
+            }
+            self.push(plat);
+            match self.conn.as_mut().map(|c| c.ring.final_check_for_requests()) {
+                Some(Ok(true)) => continue,
+                Some(Ok(false)) | None => break,
+                Some(Err(_)) => {
+                    self.halt(HaltReason::RequestOverflow);
+                    break;
+                }
+            }
+        }
+        if done == 0 {
+            self.stats.spurious += 1;
+        }
+        done
+    }
+
+    fn push<P: BackendPlatform>(&mut self, plat: &mut P) {
+        if let Some(c) = self.conn.as_mut()
+            && c.ring.push_responses()
+        {
+            self.stats.notifies += 1;
+            let _ = plat.notify(c.port);
+        }
+    }
+
+    fn serve<P: BackendPlatform>(&mut self, plat: &mut P, r: &Request) -> i16 {
+        let info = self.storage.info();
+        let status = match &r.kind {
+            ReqKind::Discard { secure, nr_sectors } => {
+                if !info.discard || (*secure && !info.discard_secure) {
+                    RSP_EOPNOTSUPP
+                } else if info.read_only || r.sector.checked_add(*nr_sectors).is_none_or(|end| end > info.sectors) {
+                    RSP_ERROR
+                } else {
+                    to_status(self.storage.discard(r.sector, *nr_sectors, *secure))
+                }
+            }
+            ReqKind::Rw { op, segs } => {
+                self.segs.clear();
+                for s in segs {
+                    let _ = self.segs.push(*s);
+                }
+                self.serve_rw(plat, *op, r.sector, false)
+            }
+            ReqKind::Indirect { op, nr_segments, pages } => {
+                match self.load_indirect(plat, *nr_segments as usize, pages) {
+                    Ok(()) => self.serve_rw(plat, *op, r.sector, true),
+                    Err(()) => RSP_ERROR,
+                }
+            }
+        };
+        match status {
+            RSP_OKAY => {}
+            RSP_EOPNOTSUPP => self.stats.unsupported += 1,
+            _ => self.stats.errors += 1,
+        }
+        status
+    }
+
+    /// Copies each indirect page once into private memory and decodes its segments.
+    fn load_indirect<P: BackendPlatform>(&mut self, plat: &mut P, n: usize, pages: &[u32]) -> Result<(), ()> {
+        self.segs.clear();
+        if n > MAX_BACKEND_SEGMENTS {
+            return Err(());
+        }
+        let persistent = self.persistent();
+        for (pi, &g) in pages.iter().enumerate() {
+            let gref = GrantRef(g);
+            let count = (n - pi * SEGMENTS_PER_INDIRECT_PAGE).min(SEGMENTS_PER_INDIRECT_PAGE);
+            if self.cfg.data_path == DataPath::Copy {
+                let Some(bp) = self.bounce.first().copied() else { return Err(()) };
+                let op = CopyOp {
+                    src: CopyPtr::Foreign { domid: self.front_id, gref, offset: 0 },
+                    dst: CopyPtr::Local { mem: bp.mem, offset: 0 },
+                    len: (count * 8) as u16,
+                };
+                let mut st = [GntStatus::Okay];
+                plat.copy_batch(&[op], &mut st);
+                self.stats.copies += 1;
+                if st[0] != GntStatus::Okay {
+                    return Err(());
+                }
+                bp.mem.read_bytes(0, &mut self.indirect_buf[..count * 8]);
+            } else {
+                let (map, slot, transient) = self.acquire(plat, gref, !persistent).map_err(|_| ())?;
+                map.mem.read_bytes(0, &mut self.indirect_buf[..count * 8]);
+                self.release(plat, map, slot, transient);
+            }
+            for k in 0..count {
+                match blkif::decode_indirect_segment(&self.indirect_buf[..count * 8], k) {
+                    Some(s) => {
+                        if self.segs.push(s).is_err() {
+                            return Err(());
+                        }
+                    }
+                    None => return Err(()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn persistent(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.neg.persistent)
+    }
+
+    /// Gets a mapping for one grant: from the cache, or freshly mapped (and cached when
+    /// persistence allows). Returns (mapping, cache slot, transient).
+    fn acquire<P: BackendPlatform>(
+        &mut self,
+        plat: &mut P,
+        gref: GrantRef,
+        readonly: bool,
+    ) -> Result<(Mapping, Option<Slot>, bool), GntStatus> {
+        let persistent = self.persistent();
+        if persistent && let Some((slot, map)) = self.cache.get(gref, self.now_ms) {
+            return Ok((map, Some(slot), false));
+        }
+        let mut out = [Err(GntStatus::GeneralError)];
+        // Persistent mappings are always read-write (a page written now may be read into later).
+        plat.map_batch(self.front_id, &[MapRequest { gref, readonly: readonly && !persistent }], &mut out);
+        let map = match out[0] {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.map_failures += 1;
+                return Err(e);
+            }
+        };
+        self.stats.maps += 1;
+        if persistent && let Some(slot) = self.cache.insert(gref, map, self.now_ms, self.cfg.budget) {
+            return Ok((map, Some(slot), false));
+        }
+        Ok((map, None, true))
+    }
+
+    fn release<P: BackendPlatform>(&mut self, plat: &mut P, map: Mapping, slot: Option<Slot>, transient: bool) {
+        if let Some(s) = slot {
+            self.cache.release(s);
+        }
+        if transient {
+            let mut st = [GntStatus::Okay];
+            plat.unmap_batch(&[map], &mut st);
+            self.stats.unmaps += 1;
+        }
+    }
+
+    fn serve_rw<P: BackendPlatform>(&mut self, plat: &mut P, op: RwOp, sector: u64, _indirect: bool) -> i16 {
+        let info = self.storage.info();
+        let write = op.is_write();
+        let nsect: u64 = self.segs.iter().map(|s| s.sectors() as u64).sum();
+        if write && nsect > 0 && info.read_only {
+            return RSP_ERROR;
+        }
+        if sector.checked_add(nsect).is_none_or(|end| end > info.sectors) {
+            return RSP_ERROR;
+        }
+        let ss = (info.sector_size.max(512) / SECTOR_SIZE as u32) as u64;
+        if ss > 1 && (!sector.is_multiple_of(ss) || !nsect.is_multiple_of(ss)) {
+            return RSP_ERROR;
+        }
+        // Barrier: every earlier write is durable before this one; flush: before answering.
+        if matches!(op, RwOp::WriteBarrier)
+            && info.flush
+            && let Err(e) = self.storage.flush()
+        {
+            return to_status(Err(e));
+        }
+        let mut status = RSP_OKAY;
+        let mut disk = sector;
+        let total = self.segs.len();
+        let mut i = 0;
+        while i < total {
+            let end = (i + CHUNK).min(total);
+            let st = if self.cfg.data_path == DataPath::Copy {
+                self.chunk_copy(plat, write, i, end, disk)
+            } else {
+                self.chunk_map(plat, write, i, end, disk)
+            };
+            if st != RSP_OKAY {
+                status = st;
+                break;
+            }
+            for s in &self.segs[i..end] {
+                disk += s.sectors() as u64;
+            }
+            i = end;
+        }
+        if status == RSP_OKAY && matches!(op, RwOp::Flush | RwOp::WriteBarrier) && info.flush {
+            status = to_status(self.storage.flush());
+        }
+        status
+    }
+
+    fn chunk_map<P: BackendPlatform>(
+        &mut self,
+        plat: &mut P,
+        write: bool,
+        from: usize,
+        to: usize,
+        mut disk: u64,
+    ) -> i16 {
+        let persistent = self.persistent();
+        let mut segs: heapless::Vec<Seg, CHUNK> = heapless::Vec::new();
+        let mut misses: heapless::Vec<MapRequest, CHUNK> = heapless::Vec::new();
+        for s in &self.segs[from..to] {
+            let mut e = Seg { seg: *s, map: None, slot: None, transient: true };
+            if persistent && let Some((slot, map)) = self.cache.get(GrantRef(s.gref), self.now_ms) {
+                e.map = Some(map);
+                e.slot = Some(slot);
+                e.transient = false;
+            }
+            if e.map.is_none() {
+                // Writes only read the frontend's page; persistent mappings are always RW.
+                let _ = misses.push(MapRequest { gref: GrantRef(s.gref), readonly: write && !persistent });
+            }
+            let _ = segs.push(e);
+        }
+        let mut ok = true;
+        if !misses.is_empty() {
+            let mut out = [Err(GntStatus::GeneralError); CHUNK];
+            plat.map_batch(self.front_id, &misses, &mut out[..misses.len()]);
+            for (k, e) in segs.iter_mut().filter(|e| e.map.is_none()).enumerate() {
+                match out[k] {
+                    Ok(m) => {
+                        self.stats.maps += 1;
+                        e.map = Some(m);
+                        if persistent
+                            && let Some(slot) = self.cache.insert(GrantRef(e.seg.gref), m, self.now_ms, self.cfg.budget)
+                        {
+                            e.slot = Some(slot);
+                            e.transient = false;
+                        }
+                    }
+                    Err(_) => {
+                        self.stats.map_failures += 1;
+                        ok = false;
+                    }
+                }
+            }
+        }
+        let mut status = if ok { RSP_OKAY } else { RSP_ERROR };
+        if ok {
+            for e in &segs {
+                let Some(m) = e.map else { continue };
+                let region = m.mem.slice(e.seg.offset(), e.seg.len());
+                let r = if write { self.storage.write(disk, region) } else { self.storage.read(disk, region) };
+                if r.is_err() {
+                    status = to_status(r);
+                    break;
+                }
+                self.stats.bytes += e.seg.len() as u64;
+                disk += e.seg.sectors() as u64;
+            }
+        }
+        // Release: cached entries become inactive; transient mappings go in one batch.
+        let mut unmap: heapless::Vec<Mapping, CHUNK> = heapless::Vec::new();
+        for e in &segs {
+            if let Some(s) = e.slot {
+                self.cache.release(s);
+            }
+            if e.transient
+                && let Some(m) = e.map
+            {
+                let _ = unmap.push(m);
+            }
+        }
+        if !unmap.is_empty() {
+            let mut st = [GntStatus::Okay; CHUNK];
+            plat.unmap_batch(&unmap, &mut st[..unmap.len()]);
+            self.stats.unmaps += unmap.len() as u64;
+        }
+        status
+    }
+
+    fn chunk_copy<P: BackendPlatform>(
+        &mut self,
+        plat: &mut P,
+        write: bool,
+        from: usize,
+        to: usize,
+        mut disk: u64,
+    ) -> i16 {
+        let n = to - from;
+        if self.bounce.len() < n {
+            return RSP_ERROR;
+        }
+        let mut ops: heapless::Vec<CopyOp, CHUNK> = heapless::Vec::new();
+        for (k, s) in self.segs[from..to].iter().enumerate() {
+            let local = CopyPtr::Local { mem: self.bounce[k].mem, offset: s.offset() as u16 };
+            let foreign = CopyPtr::Foreign { domid: self.front_id, gref: GrantRef(s.gref), offset: s.offset() as u16 };
+            let _ = ops.push(if write {
+                CopyOp { src: foreign, dst: local, len: s.len() as u16 }
+            } else {
+                CopyOp { src: local, dst: foreign, len: s.len() as u16 }
+            });
+        }
+        let mut st = [GntStatus::Okay; CHUNK];
+        if write {
+            plat.copy_batch(&ops, &mut st[..n]);
+            self.stats.copies += n as u64;
+            if st[..n].iter().any(|s| *s != GntStatus::Okay) {
+                return RSP_ERROR;
+            }
+            for (k, s) in self.segs[from..to].iter().enumerate() {
+                let region = self.bounce[k].mem.slice(s.offset(), s.len());
+                if let Err(e) = self.storage.write(disk, region) {
+                    return to_status(Err(e));
+                }
+                self.stats.bytes += s.len() as u64;
+                disk += s.sectors() as u64;
+            }
+        } else {
+            for (k, s) in self.segs[from..to].iter().enumerate() {
+                let region = self.bounce[k].mem.slice(s.offset(), s.len());
+                if let Err(e) = self.storage.read(disk, region) {
+                    return to_status(Err(e));
+                }
+                self.stats.bytes += s.len() as u64;
+                disk += s.sectors() as u64;
+            }
+            plat.copy_batch(&ops, &mut st[..n]);
+            self.stats.copies += n as u64;
+            if st[..n].iter().any(|s| *s != GntStatus::Okay) {
+                return RSP_ERROR;
+            }
+        }
+        RSP_OKAY
+    }
+
+    /// The device handle (vbd number) used in requests.
+    pub fn handle(&self) -> u16 {
+        self.handle
+    }
+}
+
+fn to_status(r: Result<(), StorageError>) -> i16 {
+    match r {
+        Ok(()) => RSP_OKAY,
+        Err(StorageError::Unsupported) => RSP_EOPNOTSUPP,
+        Err(_) => RSP_ERROR,
+    }
+}
