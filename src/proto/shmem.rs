@@ -54,6 +54,16 @@ impl SharedMem {
         SharedMem { ptr, len }
     }
 
+    /// Wraps memory that is handed over for good (static storage on an embedded board, or a
+    /// leaked allocation): the exclusive reference is consumed, so no other Rust reference
+    /// to these bytes can exist afterwards.
+    pub fn from_static_words(words: &'static mut [u64]) -> Self {
+        let len = core::mem::size_of_val(words);
+        // SAFETY: the memory is 'static (never freed), 8-byte aligned by type, and the only
+        // reference to it was moved into this call.
+        unsafe { SharedMem::new(words.as_mut_ptr() as *mut u8, len) }
+    }
+
     /// Length of the region in bytes.
     pub fn len(&self) -> usize {
         self.len
