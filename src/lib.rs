@@ -26,6 +26,8 @@
 
 #[cfg(feature = "pool-dynamic")]
 extern crate alloc;
+#[cfg(test)]
+extern crate std;
 
 #[macro_use]
 mod fmt;

@@ -389,3 +389,103 @@ impl GrantCache {
         self.limit = limit.min(CAPACITY);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::mock::Mock;
+
+    #[test]
+    fn insert_lookup_remove_against_a_model() {
+        let mut m = Mock::new();
+        let limit = CAPACITY.min(200);
+        let mut c = GrantCache::new(limit);
+        let mut model = std::collections::BTreeMap::new();
+        let mut x: u32 = 12345;
+        for t in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let g = GrantRef(x % 400);
+            match c.get(g, t) {
+                Some((slot, map)) => {
+                    assert_eq!(model.get(&g.0), Some(&map.handle));
+                    c.release(slot);
+                }
+                None => {
+                    assert!(!model.contains_key(&g.0), "lost gref {}", g.0);
+                    let map = m.fake_mapping(g.0 as u64);
+                    match c.insert(g, map, t, None) {
+                        Some(slot) => {
+                            model.insert(g.0, map.handle);
+                            c.release(slot);
+                        }
+                        None => assert_eq!(c.len(), limit),
+                    }
+                }
+            }
+            if t % 1000 == 999 {
+                let before = c.len();
+                let n = c.purge(&mut m, None, t, 0);
+                assert_eq!(c.len(), before - n);
+                model.retain(|g, _| c.find(*g).is_some());
+                assert_eq!(model.len(), c.len());
+            }
+        }
+        c.clear(&mut m, None);
+        assert_eq!(c.len(), 0);
+        // Every mapping the cache took was unmapped exactly once (refused ones stay the
+        // caller's to unmap).
+        assert_eq!(m.unmapped.len() as u64, c.stats().inserted);
+    }
+
+    #[test]
+    fn lru_eviction_after_overflow_spares_active_entries() {
+        let mut m = Mock::new();
+        let limit = CAPACITY.min(20);
+        let mut c = GrantCache::new(limit);
+        let mut active = None;
+        for i in 0..limit as u32 {
+            let map = m.fake_mapping(i as u64);
+            let s = c.insert(GrantRef(i), map, i as u64, None).unwrap();
+            if i == 0 { active = Some(s) } else { c.release(s) }
+        }
+        let map = m.fake_mapping(999);
+        assert!(c.insert(GrantRef(999), map, 100, None).is_none(), "over the limit");
+        assert_eq!(c.stats().overflows, 1);
+        let n = c.purge(&mut m, None, 101, 0);
+        assert!(n >= 1);
+        // The oldest inactive entry (1) went; the active oldest (0) stayed.
+        assert!(c.find(0).is_some());
+        assert!(c.find(1).is_none());
+        c.release(active.unwrap());
+    }
+
+    #[test]
+    fn idle_expiry_and_budget() {
+        let mut m = Mock::new();
+        static BUDGET: GrantBudget = GrantBudget::new(3);
+        let mut c = GrantCache::new(CAPACITY.min(10));
+        for i in 0..5u32 {
+            let map = m.fake_mapping(i as u64);
+            if let Some(s) = c.insert(GrantRef(i), map, i as u64 * 1000, Some(&BUDGET)) {
+                c.release(s);
+            }
+        }
+        assert_eq!((c.len(), BUDGET.left()), (3usize.min(CAPACITY), 3 - 3usize.min(CAPACITY)));
+        if CAPACITY >= 3 {
+            // At t=2500 with idle 1000: the entries used at 0 and 1000 expire; the budget
+            // overflow (inserts 4 and 5 were refused) then evicts the oldest remaining one.
+            let n = c.purge(&mut m, Some(&BUDGET), 2500, 1000);
+            assert_eq!((n, c.len(), BUDGET.left()), (3, 0, 3));
+            let map = m.fake_mapping(7);
+            let s = c.insert(GrantRef(7), map, 3000, Some(&BUDGET)).unwrap();
+            c.release(s);
+            // No overflow now: only idle entries go.
+            assert_eq!(c.purge(&mut m, Some(&BUDGET), 3500, 1000), 0);
+            assert_eq!(c.purge(&mut m, Some(&BUDGET), 4000, 1000), 1);
+        }
+        c.clear(&mut m, Some(&BUDGET));
+        assert_eq!(BUDGET.left(), 3);
+    }
+}

@@ -400,3 +400,75 @@ impl FrontPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::mock::Mock;
+
+    #[test]
+    fn lifo_reuse_and_persistence_rules() {
+        let mut m = Mock::new();
+        let mut pool = FrontPool::new(4, DomId(0));
+        let a = pool.get(&mut m, false).unwrap();
+        let b = pool.get(&mut m, false).unwrap();
+        let (ga, gb) = (pool.gref(a), pool.gref(b));
+        assert!(pool.page(a).len() == 4096);
+        // Backend keeps `a` mapped persistently, not `b`.
+        m.set_mapped(ga, true);
+        pool.put(&mut m, b, true).unwrap();
+        pool.put(&mut m, a, true).unwrap();
+        let st = pool.stats();
+        assert_eq!((st.kept_mapped, st.revokes), (1, 1));
+        // `a` went to the head still granted; `b` to the tail with its grant ended.
+        let again = pool.get(&mut m, false).unwrap();
+        assert_eq!((again, pool.gref(again)), (a, ga));
+        assert!(!m.table.read(gb).is_some_and(|e| e.flags != 0));
+        // Without persistence a still-mapped page is parked, never handed out again.
+        assert_eq!(pool.put(&mut m, again, false), Err(PoolError::StillMapped));
+        assert_eq!(pool.stats().parked, 1);
+        let mut seen = std::vec::Vec::new();
+        while let Ok(i) = pool.get(&mut m, false) {
+            seen.push(i);
+        }
+        assert!(!seen.contains(&a), "a parked page was reused");
+        assert_eq!(seen.len(), 3);
+        // Once the backend lets go it is reclaimed.
+        m.set_mapped(ga, false);
+        assert_eq!(pool.reap_parked(&mut m), 0);
+        assert_eq!(pool.get(&mut m, false), Ok(a));
+    }
+
+    #[test]
+    fn release_zeroes_free_pages_and_keeps_busy_data() {
+        let mut m = Mock::new();
+        let mut pool = FrontPool::new(2, DomId(0));
+        let a = pool.get(&mut m, false).unwrap();
+        let b = pool.get(&mut m, false).unwrap();
+        pool.page(a).write_bytes(0, &[0xaa; 16]);
+        pool.page(b).write_bytes(0, &[0xbb; 16]);
+        pool.put(&mut m, a, true).unwrap();
+        assert_eq!(pool.release_all(&mut m), 0);
+        let mut buf = [1u8; 16];
+        pool.page(a).read_bytes(0, &mut buf);
+        assert_eq!(buf, [0; 16], "free page not zeroed on release");
+        pool.page(b).read_bytes(0, &mut buf);
+        assert_eq!(buf, [0xbb; 16], "in-flight data lost on release");
+        assert_eq!(pool.gref(b), GrantRef(u32::MAX), "busy page kept its grant");
+        pool.ensure_granted(&mut m, b, false).unwrap();
+        assert_ne!(pool.gref(b), GrantRef(u32::MAX));
+    }
+
+    #[test]
+    fn limit_and_readonly_regrant() {
+        let mut m = Mock::new();
+        let mut pool = FrontPool::new(1, DomId(0));
+        let a = pool.get(&mut m, true).unwrap();
+        assert_eq!(pool.get(&mut m, true), Err(PoolError::Exhausted));
+        let g = pool.gref(a);
+        assert!(m.table.read(g).unwrap().flags & crate::proto::grant::GTF_READONLY != 0);
+        pool.put_unused(a);
+        let a2 = pool.get(&mut m, false).unwrap();
+        assert_eq!(m.table.read(pool.gref(a2)).unwrap().flags & crate::proto::grant::GTF_READONLY, 0);
+    }
+}

@@ -6,3 +6,6 @@ pub mod back;
 #[cfg(feature = "frontend")]
 pub mod front;
 pub mod ids;
+
+#[cfg(test)]
+pub(crate) mod mock;
