@@ -1,5 +1,7 @@
 //! The role state machines and data paths.
 
+#[cfg(feature = "frontend")]
+pub mod adapters;
 #[cfg(feature = "backend")]
 pub mod backend;
 #[cfg(feature = "frontend")]
