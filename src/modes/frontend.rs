@@ -987,9 +987,10 @@ impl Frontend {
         let persistent = self.neg.persistent;
         let indirect_max = self.neg.indirect_segments as usize;
         let Some(sh) = self.shadows[id as usize].as_mut() else { return Err(SubmitError::Failed) };
+        let used = (sh.bytes as usize).div_ceil(PAGE_SIZE);
         let pages: heapless::Vec<u16, MAX_DATA_PAGES> = match &sh.data {
-            Data::Pool(p) => p.clone(),
-            Data::Lent(b) => b.pages.clone(),
+            Data::Pool(p) => p.iter().take(used).copied().collect(),
+            Data::Lent(b) => b.pages.iter().take(used).copied().collect(),
             Data::None => heapless::Vec::new(),
         };
         let write = matches!(sh.kind, ShadowKind::Rw(op) if op.is_write());
