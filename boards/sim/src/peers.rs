@@ -1,0 +1,376 @@
+//! Reference peers written directly on the wire layer (`xenblk::proto`), independent of
+//! the driver's `modes`: a minimal frontend and a minimal backend.
+//!
+//! They let a build with only one role compile in still be tested end to end (a
+//! backend-only build is driven by [`RawFrontend`]; a frontend-only build is served by
+//! [`RawBackend`]), and they are the base that hostile-peer tests bend out of shape.
+//! They follow the protocol plainly: one page per segment, no indirect, one-page ring.
+
+use std::collections::HashMap;
+
+use xenblk::platform::{BackendPlatform, FrontendPlatform, MapRequest, Mapping, Page, Port, Tx};
+use xenblk::proto::blkif::{
+    MAX_SEGMENTS_PER_REQUEST, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, ReqKind, Request, Response, RwOp, SegList,
+    Segment,
+};
+use xenblk::proto::grant::{DomId, GntStatus, GrantRef};
+use xenblk::proto::ring::{BackRing, FrontRing};
+use xenblk::proto::xenbus::{XenbusState, parse_u64};
+
+fn read_u64<X: xenblk::platform::XenStore>(x: &mut X, path: &str) -> Option<u64> {
+    let mut b = [0u8; 64];
+    let n = x.read(Tx::NONE, path, &mut b).ok()?;
+    parse_u64(&b[..n])
+}
+
+fn read_string<X: xenblk::platform::XenStore>(x: &mut X, path: &str) -> Option<String> {
+    let mut b = [0u8; 256];
+    let n = x.read(Tx::NONE, path, &mut b).ok()?;
+    String::from_utf8(b[..n].to_vec()).ok()
+}
+
+fn state<X: xenblk::platform::XenStore>(x: &mut X, dir: &str) -> XenbusState {
+    read_u64(x, &format!("{dir}/state")).and_then(XenbusState::from_u64).unwrap_or(XenbusState::Unknown)
+}
+
+/// A completed request of the raw frontend.
+#[derive(Debug)]
+pub struct RawCompletion {
+    /// The request id.
+    pub id: u64,
+    /// The status.
+    pub status: i16,
+    /// Read data (reads only).
+    pub data: Vec<u8>,
+}
+
+struct RawInflight {
+    pages: Vec<usize>,
+    write: bool,
+    bytes: usize,
+}
+
+/// A minimal blkif frontend.
+pub struct RawFrontend {
+    /// Frontend directory.
+    pub dir: String,
+    /// Backend directory.
+    pub backend_dir: String,
+    /// Backend domain.
+    pub backend_id: DomId,
+    /// The ring (public: hostile tests write it directly).
+    pub ring: Option<FrontRing>,
+    /// Event channel.
+    pub port: Option<Port>,
+    ring_page: Option<(Page, GrantRef)>,
+    persistent: bool,
+    pool: Vec<(Page, Option<GrantRef>)>,
+    free: Vec<usize>,
+    inflight: HashMap<u64, RawInflight>,
+    next_id: u64,
+    /// Whether the backend agreed to persistence.
+    pub negotiated_persistent: bool,
+    /// Disk size in sectors.
+    pub sectors: u64,
+}
+
+impl RawFrontend {
+    /// Reads the toolstack keys of `dir` and goes Initialising.
+    pub fn new<P: FrontendPlatform>(plat: &mut P, dir: &str, persistent: bool) -> RawFrontend {
+        let backend_dir = read_string(plat, &format!("{dir}/backend")).expect("backend key");
+        let backend_id = DomId(read_u64(plat, &format!("{dir}/backend-id")).expect("backend-id") as u16);
+        plat.write(Tx::NONE, &format!("{dir}/state"), b"1").expect("state");
+        RawFrontend {
+            dir: dir.to_string(),
+            backend_dir,
+            backend_id,
+            ring: None,
+            port: None,
+            ring_page: None,
+            persistent,
+            pool: Vec::new(),
+            free: Vec::new(),
+            inflight: HashMap::new(),
+            next_id: 0,
+            negotiated_persistent: false,
+            sectors: 0,
+        }
+    }
+
+    /// Advances the handshake; returns true once connected.
+    pub fn step<P: FrontendPlatform>(&mut self, plat: &mut P) -> bool {
+        let back = state(plat, &self.backend_dir);
+        if self.ring.is_none() && matches!(back, XenbusState::InitWait | XenbusState::Connected) {
+            let page = plat.alloc_page().expect("ring page");
+            let ring = FrontRing::init(page.mem, Protocol::native().abi()).expect("ring");
+            let g = plat.grant(page.frame, self.backend_id, false).expect("grant ring");
+            let port = plat.alloc_unbound(self.backend_id).expect("evtchn");
+            let d = self.dir.clone();
+            plat.write(Tx::NONE, &format!("{d}/ring-ref"), g.0.to_string().as_bytes()).unwrap();
+            plat.write(Tx::NONE, &format!("{d}/event-channel"), port.0.to_string().as_bytes()).unwrap();
+            plat.write(Tx::NONE, &format!("{d}/protocol"), Protocol::native().as_str().as_bytes()).unwrap();
+            plat.write(Tx::NONE, &format!("{d}/feature-persistent"), if self.persistent { b"1" } else { b"0" })
+                .unwrap();
+            plat.write(Tx::NONE, &format!("{d}/state"), b"3").unwrap();
+            self.ring = Some(ring);
+            self.port = Some(port);
+            self.ring_page = Some((page, g));
+        }
+        if self.ring.is_some() && back == XenbusState::Connected && state(plat, &self.dir) != XenbusState::Connected {
+            self.sectors = read_u64(plat, &format!("{}/sectors", self.backend_dir)).unwrap_or(0);
+            let bp = read_u64(plat, &format!("{}/feature-persistent", self.backend_dir)).unwrap_or(0) == 1;
+            self.negotiated_persistent = bp && self.persistent;
+            plat.write(Tx::NONE, &format!("{}/state", self.dir), b"4").unwrap();
+        }
+        state(plat, &self.dir) == XenbusState::Connected
+    }
+
+    fn page<P: FrontendPlatform>(&mut self, plat: &mut P) -> usize {
+        if let Some(i) = self.free.pop() {
+            return i;
+        }
+        let p = plat.alloc_page().expect("page");
+        self.pool.push((p, None));
+        self.pool.len() - 1
+    }
+
+    /// Whether a request of `pages` pages fits now.
+    pub fn can_submit(&self) -> bool {
+        self.ring.as_ref().is_some_and(|r| !r.is_full())
+    }
+
+    /// Queues a read (`write == None`) or a write, of whole pages or less; returns the id.
+    pub fn submit<P: FrontendPlatform>(
+        &mut self,
+        plat: &mut P,
+        sector: u64,
+        bytes: usize,
+        write: Option<&[u8]>,
+    ) -> u64 {
+        assert!(bytes > 0 && bytes.is_multiple_of(512) && bytes <= MAX_SEGMENTS_PER_REQUEST * 4096);
+        let n = bytes.div_ceil(4096);
+        let mut segs = SegList::new();
+        let mut pages = Vec::new();
+        for i in 0..n {
+            let idx = self.page(plat);
+            let len = (bytes - i * 4096).min(4096);
+            if let Some(d) = write {
+                self.pool[idx].0.mem.copy_from_private(0, &d[i * 4096..i * 4096 + len]);
+            }
+            if self.pool[idx].1.is_none() {
+                let g = plat.grant(self.pool[idx].0.frame, self.backend_id, false).expect("grant");
+                self.pool[idx].1 = Some(g);
+            }
+            let g = self.pool[idx].1.unwrap();
+            segs.push(Segment { gref: g.0, first_sect: 0, last_sect: (len / 512 - 1) as u8 }).unwrap();
+            pages.push(idx);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let op = if write.is_some() { RwOp::Write } else { RwOp::Read };
+        let req = Request { id, handle: 0, sector, kind: ReqKind::Rw { op, segs } };
+        assert!(self.ring.as_mut().unwrap().put_request(&req), "ring full");
+        self.inflight.insert(id, RawInflight { pages, write: write.is_some(), bytes });
+        id
+    }
+
+    /// Publishes and notifies as the ring says.
+    pub fn kick<P: FrontendPlatform>(&mut self, plat: &mut P) {
+        if self.ring.as_mut().unwrap().push_requests() {
+            plat.notify(self.port.unwrap()).unwrap();
+        }
+    }
+
+    /// Collects completions. Without persistence every grant is ended (and must end).
+    pub fn poll<P: FrontendPlatform>(&mut self, plat: &mut P) -> Vec<RawCompletion> {
+        let mut out = Vec::new();
+        loop {
+            while let Some(rsp) = self.ring.as_mut().unwrap().take_response().expect("ring overflow") {
+                let inf = self.inflight.remove(&rsp.id).expect("unknown response id");
+                let mut data = Vec::new();
+                if !inf.write {
+                    data = vec![0u8; inf.bytes];
+                    for (i, &p) in inf.pages.iter().enumerate() {
+                        let len = (inf.bytes - i * 4096).min(4096);
+                        self.pool[p].0.mem.copy_to_private(0, &mut data[i * 4096..i * 4096 + len]);
+                    }
+                }
+                for &p in &inf.pages {
+                    if !self.negotiated_persistent {
+                        let g = self.pool[p].1.take().unwrap();
+                        plat.end_access(g).expect("backend kept a non-persistent grant");
+                    }
+                    self.free.push(p);
+                }
+                out.push(RawCompletion { id: rsp.id, status: rsp.status, data });
+            }
+            if !self.ring.as_mut().unwrap().final_check_for_responses().unwrap() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+/// A minimal blkif backend serving a RAM image.
+pub struct RawBackend {
+    /// Backend directory.
+    pub dir: String,
+    /// Frontend directory.
+    pub front_dir: String,
+    /// Frontend domain.
+    pub front_id: DomId,
+    /// The disk image.
+    pub disk: Vec<u8>,
+    persistent: bool,
+    /// Whether persistence was negotiated.
+    pub negotiated_persistent: bool,
+    ring: Option<(BackRing, Mapping, Port)>,
+    cache: HashMap<u32, Mapping>,
+    /// Grant maps performed.
+    pub maps: u64,
+    /// Grant unmaps performed.
+    pub unmaps: u64,
+}
+
+impl RawBackend {
+    /// Publishes InitWait for the vbd at `dir`.
+    pub fn new<P: BackendPlatform>(plat: &mut P, dir: &str, sectors: u64, persistent: bool) -> RawBackend {
+        let front_dir = read_string(plat, &format!("{dir}/frontend")).expect("frontend key");
+        let front_id = DomId(read_u64(plat, &format!("{dir}/frontend-id")).expect("frontend-id") as u16);
+        plat.write(Tx::NONE, &format!("{dir}/state"), b"2").unwrap();
+        RawBackend {
+            dir: dir.to_string(),
+            front_dir,
+            front_id,
+            disk: vec![0; sectors as usize * 512],
+            persistent,
+            negotiated_persistent: false,
+            ring: None,
+            cache: HashMap::new(),
+            maps: 0,
+            unmaps: 0,
+        }
+    }
+
+    /// Advances the handshake; returns true once connected.
+    pub fn step<P: BackendPlatform>(&mut self, plat: &mut P) -> bool {
+        let front = state(plat, &self.front_dir);
+        if self.ring.is_none() && matches!(front, XenbusState::Initialised | XenbusState::Connected) {
+            let f = self.front_dir.clone();
+            let g = read_u64(plat, &format!("{f}/ring-ref")).expect("ring-ref") as u32;
+            let ev = read_u64(plat, &format!("{f}/event-channel")).expect("event-channel") as u32;
+            let proto = read_string(plat, &format!("{f}/protocol"))
+                .and_then(|s| Protocol::parse(&s))
+                .unwrap_or(Protocol::X86_32);
+            let fp = read_u64(plat, &format!("{f}/feature-persistent")).unwrap_or(0) == 1;
+            self.negotiated_persistent = fp && self.persistent;
+            let m = plat.map_ring(self.front_id, &[GrantRef(g)]).expect("map ring");
+            let port = plat.bind_interdomain(self.front_id, Port(ev)).expect("bind");
+            let ring = BackRing::attach(m.mem, proto.abi()).expect("attach");
+            let d = self.dir.clone();
+            for (k, v) in [
+                ("sectors", (self.disk.len() / 512).to_string()),
+                ("info", "0".into()),
+                ("sector-size", "512".into()),
+                ("feature-persistent", if self.persistent { "1" } else { "0" }.into()),
+                ("feature-flush-cache", "1".into()),
+                ("state", "4".into()),
+            ] {
+                plat.write(Tx::NONE, &format!("{d}/{k}"), v.as_bytes()).unwrap();
+            }
+            self.ring = Some((ring, m, port));
+        }
+        self.ring.is_some()
+    }
+
+    /// Serves every pending request; returns how many.
+    pub fn process<P: BackendPlatform>(&mut self, plat: &mut P) -> usize {
+        let mut n = 0;
+        loop {
+            loop {
+                let Some((ring, _, _)) = self.ring.as_mut() else { return n };
+                let Some(req) = ring.take_request(0).expect("ring overflow") else { break };
+                let rsp = match req {
+                    Err(rej) => Response { id: rej.id, op: rej.op, status: rej.status() },
+                    Ok(r) => {
+                        let status = self.serve(plat, &r);
+                        Response { id: r.id, op: r.op_code(), status }
+                    }
+                };
+                let (ring, _, _) = self.ring.as_mut().unwrap();
+                ring.put_response(&rsp);
+                n += 1;
+            }
+            let (ring, _, port) = self.ring.as_mut().unwrap();
+            if ring.push_responses() {
+                plat.notify(*port).unwrap();
+            }
+            if !ring.final_check_for_requests().unwrap() {
+                break;
+            }
+        }
+        n
+    }
+
+    fn serve<P: BackendPlatform>(&mut self, plat: &mut P, r: &Request) -> i16 {
+        let ReqKind::Rw { op, segs } = &r.kind else { return RSP_EOPNOTSUPP };
+        if *op == RwOp::Flush || *op == RwOp::WriteBarrier && segs.is_empty() {
+            return RSP_OKAY;
+        }
+        let mut off = r.sector as usize * 512;
+        for s in segs {
+            let len = s.len();
+            if off + len > self.disk.len() {
+                return RSP_ERROR;
+            }
+            let (m, transient) = match self.cache.get(&s.gref) {
+                Some(m) => (*m, false),
+                None => {
+                    let mut out = [Err(GntStatus::GeneralError)];
+                    plat.map_batch(self.front_id, &[MapRequest { gref: GrantRef(s.gref), readonly: false }], &mut out);
+                    let Ok(m) = out[0] else { return RSP_ERROR };
+                    self.maps += 1;
+                    if self.negotiated_persistent {
+                        self.cache.insert(s.gref, m);
+                        (m, false)
+                    } else {
+                        (m, true)
+                    }
+                }
+            };
+            if op.is_write() {
+                m.mem.copy_to_private(s.offset(), &mut self.disk[off..off + len]);
+            } else {
+                m.mem.copy_from_private(s.offset(), &self.disk[off..off + len]);
+            }
+            if transient {
+                let mut st = [GntStatus::Okay];
+                plat.unmap_batch(&[m], &mut st);
+                self.unmaps += 1;
+            }
+            off += len;
+        }
+        RSP_OKAY
+    }
+
+    /// Unmaps every cached grant.
+    pub fn clear_cache<P: BackendPlatform>(&mut self, plat: &mut P) {
+        let maps: Vec<Mapping> = self.cache.drain().map(|(_, m)| m).collect();
+        if !maps.is_empty() {
+            let mut st = vec![GntStatus::Okay; maps.len()];
+            plat.unmap_batch(&maps, &mut st);
+            self.unmaps += maps.len() as u64;
+        }
+    }
+
+    /// The event channel, once connected.
+    pub fn port(&self) -> Option<Port> {
+        self.ring.as_ref().map(|r| r.2)
+    }
+}
