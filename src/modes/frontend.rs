@@ -491,7 +491,9 @@ impl Frontend {
             (Phase::Initialised, XenbusState::Connected) => self.connect(plat),
             (Phase::Connected, XenbusState::Connected) => self.refresh_size(plat),
             // The backend restarted under us: tear down, keep the requests, start over.
-            (Phase::Initialised | Phase::Connected, XenbusState::Initialising | XenbusState::InitWait) => {
+            // (InitWait while we are Initialised is the normal wait for the backend.)
+            (Phase::Connected, XenbusState::Initialising | XenbusState::InitWait)
+            | (Phase::Initialised, XenbusState::Initialising) => {
                 self.disconnect(plat);
                 let _ = xs::write_state(plat, &self.dir, XenbusState::Initialising);
                 self.phase = Phase::WaitBackend;

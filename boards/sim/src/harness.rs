@@ -156,6 +156,9 @@ pub struct RunResult {
     pub ring_maps: u64,
     /// Mappings the backend domain still holds at the end.
     pub live_mappings_at_end: usize,
+    /// Grant unmaps by the backend domain before the final shutdown of its backends (with
+    /// `close_at_end == false`: the unmaps of the I/O phase alone).
+    pub unmaps_before_shutdown: u64,
     /// Wall time of the I/O phase.
     pub elapsed: Duration,
     /// Backend requests served.
@@ -582,7 +585,14 @@ fn run_guest(
             pump_watches(&dom);
         }
     }
-    wg.result.closed = true;
+    if cfg.close_at_end {
+        let t0 = Instant::now();
+        while !f.close(&mut dom) && t0.elapsed() < Duration::from_secs(20) {
+            dom.wait(Some(Duration::from_millis(20)));
+            pump_watches(&dom);
+        }
+        wg.result.closed = t0.elapsed() < Duration::from_secs(20);
+    }
     (wg.result.clone(), wg)
 }
 
@@ -612,10 +622,11 @@ fn make_backends(dom: &mut Dom, dirs: &[String], cfg: &RunConfig, disks: &[xenbl
 }
 
 #[cfg(not(feature = "backend"))]
-fn make_backends(dom: &mut Dom, dirs: &[String], cfg: &RunConfig, _disks: &[xenblk_sim::RamDisk]) -> BackendSide {
+fn make_backends(dom: &mut Dom, dirs: &[String], cfg: &RunConfig, disks: &[xenblk_sim::RamDisk]) -> BackendSide {
     let backs = dirs
         .iter()
-        .map(|d| xenblk_sim::peers::RawBackend::new(dom, d, cfg.disk_sectors, cfg.back_persistent))
+        .zip(disks)
+        .map(|(d, disk)| xenblk_sim::peers::RawBackend::new(dom, d, disk.clone(), cfg.back_persistent))
         .collect();
     BackendSide { backs }
 }
@@ -659,7 +670,7 @@ impl BackendSide {
     #[cfg(not(feature = "backend"))]
     fn shutdown(&mut self, dom: &mut Dom) {
         for b in &mut self.backs {
-            b.clear_cache(dom);
+            b.shutdown(dom);
         }
     }
 }
@@ -762,6 +773,7 @@ pub fn run_with_disks(cfg: &RunConfig) -> (RunResult, Vec<Workgen>, Disks) {
     // Closing guests were served above; make sure the backends saw the last state changes.
     side.on_xenstore(&mut dom0);
     let live_before_shutdown = dom0.live_mappings();
+    let unmaps_before_shutdown = dom0.stats().unmaps - before.unmaps;
     side.shutdown(&mut dom0);
     let after = dom0.stats();
     let res = RunResult {
@@ -771,6 +783,7 @@ pub fn run_with_disks(cfg: &RunConfig) -> (RunResult, Vec<Workgen>, Disks) {
         copies: after.copies - before.copies,
         ring_maps: after.ring_maps - before.ring_maps,
         live_mappings_at_end: if cfg.close_at_end { live_before_shutdown } else { dom0.live_mappings() },
+        unmaps_before_shutdown,
         elapsed,
         backend_requests,
     };

@@ -215,6 +215,40 @@ impl RawFrontend {
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
     }
+
+    /// Front-initiated close: Closing, then (once the backend is Closing or Closed) end
+    /// every grant and go Closed. Call repeatedly until it returns true.
+    pub fn close<P: FrontendPlatform>(&mut self, plat: &mut P) -> bool {
+        if state(plat, &self.dir) != XenbusState::Closing && state(plat, &self.dir) != XenbusState::Closed {
+            plat.write(Tx::NONE, &format!("{}/state", self.dir), b"5").unwrap();
+        }
+        let back = state(plat, &self.backend_dir);
+        if !matches!(back, XenbusState::Closing | XenbusState::Closed) {
+            return false;
+        }
+        if let Some(p) = self.port.take() {
+            plat.unbind(p);
+        }
+        // The backend unmaps before it reports Closed; until then a revoke may fail.
+        let mut all = true;
+        if let Some((_, g)) = self.ring_page {
+            all &= plat.end_access(g).is_ok() || !plat.is_mapped(g);
+        }
+        for (_, g) in self.pool.iter_mut() {
+            if let Some(gr) = *g {
+                if plat.end_access(gr).is_ok() {
+                    *g = None;
+                } else {
+                    all = false;
+                }
+            }
+        }
+        if all {
+            self.ring = None;
+            plat.write(Tx::NONE, &format!("{}/state", self.dir), b"6").unwrap();
+        }
+        all && back == XenbusState::Closed
+    }
 }
 
 /// A minimal blkif backend serving a RAM image.
@@ -225,8 +259,8 @@ pub struct RawBackend {
     pub front_dir: String,
     /// Frontend domain.
     pub front_id: DomId,
-    /// The disk image.
-    pub disk: Vec<u8>,
+    /// The disk.
+    pub disk: crate::RamDisk,
     persistent: bool,
     /// Whether persistence was negotiated.
     pub negotiated_persistent: bool,
@@ -240,15 +274,16 @@ pub struct RawBackend {
 
 impl RawBackend {
     /// Publishes InitWait for the vbd at `dir`.
-    pub fn new<P: BackendPlatform>(plat: &mut P, dir: &str, sectors: u64, persistent: bool) -> RawBackend {
+    pub fn new<P: BackendPlatform>(plat: &mut P, dir: &str, disk: crate::RamDisk, persistent: bool) -> RawBackend {
         let front_dir = read_string(plat, &format!("{dir}/frontend")).expect("frontend key");
         let front_id = DomId(read_u64(plat, &format!("{dir}/frontend-id")).expect("frontend-id") as u16);
         plat.write(Tx::NONE, &format!("{dir}/state"), b"2").unwrap();
+        plat.watch(&format!("{front_dir}/state"), 0x5157).expect("watch");
         RawBackend {
             dir: dir.to_string(),
             front_dir,
             front_id,
-            disk: vec![0; sectors as usize * 512],
+            disk,
             persistent,
             negotiated_persistent: false,
             ring: None,
@@ -258,9 +293,18 @@ impl RawBackend {
         }
     }
 
-    /// Advances the handshake; returns true once connected.
+    /// Advances the handshake (and the close); returns true while connected.
     pub fn step<P: BackendPlatform>(&mut self, plat: &mut P) -> bool {
         let front = state(plat, &self.front_dir);
+        if matches!(front, XenbusState::Closing | XenbusState::Closed) {
+            if let Some((_, m, port)) = self.ring.take() {
+                self.clear_cache(plat);
+                plat.unbind(port);
+                plat.unmap_ring(m);
+                plat.write(Tx::NONE, &format!("{}/state", self.dir), b"6").unwrap();
+            }
+            return false;
+        }
         if self.ring.is_none() && matches!(front, XenbusState::Initialised | XenbusState::Connected) {
             let f = self.front_dir.clone();
             let g = read_u64(plat, &format!("{f}/ring-ref")).expect("ring-ref") as u32;
@@ -275,7 +319,7 @@ impl RawBackend {
             let ring = BackRing::attach(m.mem, proto.abi()).expect("attach");
             let d = self.dir.clone();
             for (k, v) in [
-                ("sectors", (self.disk.len() / 512).to_string()),
+                ("sectors", self.disk.sectors().to_string()),
                 ("info", "0".into()),
                 ("sector-size", "512".into()),
                 ("feature-persistent", if self.persistent { "1" } else { "0" }.into()),
@@ -326,14 +370,16 @@ impl RawBackend {
         let mut off = r.sector as usize * 512;
         for s in segs {
             let len = s.len();
-            if off + len > self.disk.len() {
+            if off + len > self.disk.sectors() as usize * 512 {
                 return RSP_ERROR;
             }
             let (m, transient) = match self.cache.get(&s.gref) {
                 Some(m) => (*m, false),
                 None => {
                     let mut out = [Err(GntStatus::GeneralError)];
-                    plat.map_batch(self.front_id, &[MapRequest { gref: GrantRef(s.gref), readonly: false }], &mut out);
+                    // Persistent mappings must be read-write; otherwise a write only reads the page.
+                    let readonly = op.is_write() && !self.negotiated_persistent;
+                    plat.map_batch(self.front_id, &[MapRequest { gref: GrantRef(s.gref), readonly }], &mut out);
                     let Ok(m) = out[0] else { return RSP_ERROR };
                     self.maps += 1;
                     if self.negotiated_persistent {
@@ -344,10 +390,13 @@ impl RawBackend {
                     }
                 }
             };
+            let mut tmp = [0u8; 4096];
             if op.is_write() {
-                m.mem.copy_to_private(s.offset(), &mut self.disk[off..off + len]);
+                m.mem.copy_to_private(s.offset(), &mut tmp[..len]);
+                self.disk.write_at(off as u64, &tmp[..len]);
             } else {
-                m.mem.copy_from_private(s.offset(), &self.disk[off..off + len]);
+                self.disk.read_at(off as u64, &mut tmp[..len]);
+                m.mem.copy_from_private(s.offset(), &tmp[..len]);
             }
             if transient {
                 let mut st = [GntStatus::Okay];
@@ -366,6 +415,15 @@ impl RawBackend {
             let mut st = vec![GntStatus::Okay; maps.len()];
             plat.unmap_batch(&maps, &mut st);
             self.unmaps += maps.len() as u64;
+        }
+    }
+
+    /// Unmaps everything: cached grants and the ring.
+    pub fn shutdown<P: BackendPlatform>(&mut self, plat: &mut P) {
+        self.clear_cache(plat);
+        if let Some((_, m, port)) = self.ring.take() {
+            plat.unbind(port);
+            plat.unmap_ring(m);
         }
     }
 
