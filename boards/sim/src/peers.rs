@@ -391,17 +391,21 @@ impl RawBackend {
                 }
             };
             let mut tmp = [0u8; 4096];
-            if op.is_write() {
+            let ok = if op.is_write() {
                 m.mem.copy_to_private(s.offset(), &mut tmp[..len]);
-                self.disk.write_at(off as u64, &tmp[..len]);
+                self.disk.write_at(off as u64, &tmp[..len]).is_ok()
             } else {
-                self.disk.read_at(off as u64, &mut tmp[..len]);
+                let ok = self.disk.read_at(off as u64, &mut tmp[..len]).is_ok();
                 m.mem.copy_from_private(s.offset(), &tmp[..len]);
-            }
+                ok
+            };
             if transient {
                 let mut st = [GntStatus::Okay];
                 plat.unmap_batch(&[m], &mut st);
                 self.unmaps += 1;
+            }
+            if !ok {
+                return RSP_ERROR;
             }
             off += len;
         }
