@@ -357,6 +357,8 @@ pub struct Frontend {
     stats: FrontStats,
     unpushed: bool,
     watch_token: u32,
+    /// The user closed the device: do not reconnect on our own.
+    user_closed: bool,
 }
 
 /// Why the frontend could not start.
@@ -411,6 +413,7 @@ impl Frontend {
             stats: FrontStats::default(),
             unpushed: false,
             watch_token,
+            user_closed: false,
         };
         xs::write_state(plat, &f.dir, XenbusState::Initialising).map_err(AttachError::Platform)?;
         f.on_xenstore(plat);
@@ -517,8 +520,11 @@ impl Frontend {
                 let _ = xs::write_state(plat, &self.dir, XenbusState::Closed);
                 self.phase = Phase::Closed;
             }
-            // After a close the backend comes back (restart, rebind): reconnect.
-            (Phase::Closed, XenbusState::Closed | XenbusState::InitWait | XenbusState::Initialising) => {
+            // After a close the backend comes back (restart, rebind): reconnect, unless the
+            // user closed the device.
+            (Phase::Closed, XenbusState::Closed | XenbusState::InitWait | XenbusState::Initialising)
+                if !self.user_closed =>
+            {
                 if back == XenbusState::Closed && self.backend_online(plat) {
                     let _ = xs::write_state(plat, &self.dir, XenbusState::Initialising);
                     self.phase = Phase::WaitBackend;
@@ -541,8 +547,22 @@ impl Frontend {
         if matches!(self.phase, Phase::Failed(_) | Phase::Closed) {
             return;
         }
+        self.user_closed = true;
         self.phase = Phase::Closing;
         let _ = xs::write_state(plat, &self.dir, XenbusState::Closing);
+        self.on_xenstore(plat);
+    }
+
+    /// Re-initialises a device closed by [`close`](Self::close) (front-driven re-init: the
+    /// backend, seeing Initialising, publishes its limits again). Requests still waiting are
+    /// issued on the next connect.
+    pub fn reopen<P: FrontendPlatform>(&mut self, plat: &mut P) {
+        if self.phase != Phase::Closed {
+            return;
+        }
+        self.user_closed = false;
+        let _ = xs::write_state(plat, &self.dir, XenbusState::Initialising);
+        self.phase = Phase::WaitBackend;
         self.on_xenstore(plat);
     }
 
@@ -621,7 +641,8 @@ impl Frontend {
             free_ring_mem(plat, mem, &frames);
             return Err(e);
         }
-        self.ids = IdTable::new(ring.size() as usize);
+        // Keep the ids of requests waiting to be re-issued.
+        self.ids.set_limit(ring.size() as usize);
         self.ring = Some(RingState { ring, mem, frames, grefs, port });
         self.neg.ring_order = order;
         self.phase = Phase::Initialised;

@@ -55,6 +55,13 @@ impl IdTable {
         true
     }
 
+    /// Changes the number of ids (a reconnect to a ring of another size), keeping the ids
+    /// in flight: the limit never drops below the highest of them.
+    pub fn set_limit(&mut self, limit: usize) {
+        let highest = self.bits.iter_ones().last().map_or(0, |i| i + 1);
+        self.limit = limit.max(highest).min(RING_SLOTS);
+    }
+
     /// Iterates the ids in flight, lowest first.
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         self.bits[..self.limit].iter_ones().map(|i| i as u16)
