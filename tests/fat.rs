@@ -2,22 +2,27 @@
 //! `embedded_sdmmc::BlockDevice`, on the sim, writes and reads files, remounts and reads
 //! them again, then checks the image with `fsck.fat`.
 
+mod common;
+
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use embedded_sdmmc::{Mode, TimeSource, Timestamp, VolumeIdx, VolumeManager};
 use xenblk::modes::adapters::SdmmcDevice;
-use xenblk::modes::backend::{Backend, BackendConfig};
+use xenblk::modes::backend::BackendConfig;
 use xenblk::modes::frontend::{Frontend, FrontendConfig};
-use xenblk::proto::grant::DomId;
-use xenblk_sim::{Hypervisor, RamDisk, VbdSpec};
+use xenblk_sim::RamDisk;
 
 struct Clock;
 impl TimeSource for Clock {
     fn get_timestamp(&self) -> Timestamp {
-        Timestamp { year_since_1970: 56, zero_indexed_month: 11, zero_indexed_day: 0, hours: 12, minutes: 0, seconds: 0 }
+        Timestamp {
+            year_since_1970: 56,
+            zero_indexed_month: 11,
+            zero_indexed_day: 0,
+            hours: 12,
+            minutes: 0,
+            seconds: 0,
+        }
     }
 }
 
@@ -58,28 +63,7 @@ fn fat_volume_through_the_frontend() {
     let disk = RamDisk::new(image.len() as u64 / 512);
     disk.write_at(0, &image).unwrap();
 
-    let hv = Hypervisor::new();
-    let mut dom0 = hv.take_dom0().unwrap();
-    let mut guest = hv.create_domain(1024);
-    let spec = VbdSpec::new(guest.id(), DomId::DOM0, 51712);
-    hv.add_vbd(&spec).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (stop2, bdir, bdisk) = (stop.clone(), spec.backend_path(), disk.clone());
-    let back = std::thread::spawn(move || {
-        let mut b = Backend::probe(&mut dom0, &bdir, BackendConfig::default(), bdisk, 7).unwrap();
-        while !stop2.load(Ordering::Relaxed) {
-            let w = dom0.wait(Some(Duration::from_millis(10)));
-            if w.watches {
-                dom0.take_watch_events();
-                b.on_xenstore(&mut dom0);
-            }
-            if b.port().is_some_and(|p| w.ports.contains(p)) {
-                b.process(&mut dom0);
-            }
-        }
-        b.shutdown(&mut dom0);
-        dom0.live_mappings()
-    });
+    let (_hv, mut guest, spec, back) = common::guest_with_backend(disk.clone(), BackendConfig::default());
 
     let mut front = Frontend::attach(&mut guest, &spec.frontend_path(), FrontendConfig::default(), 1).unwrap();
     assert!(front.wait_connected(&mut guest, 200), "frontend did not connect: {:?}", front.phase());
@@ -134,8 +118,7 @@ fn fat_volume_through_the_frontend() {
         assert_eq!(front.phase(), xenblk::modes::frontend::Phase::Closed);
         front.shutdown(&mut guest);
     }
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(back.join().unwrap(), 0, "backend kept mappings after shutdown");
+    assert_eq!(back.stop(), 0, "backend kept mappings after shutdown");
 
     // The image the backend holds is a valid FAT volume with both files.
     let mut img = vec![0u8; image.len()];

@@ -22,7 +22,7 @@ fn check_clean(r: &RunResult, cfg: &RunConfig) {
 fn check_disks(gens: &[harness::Workgen], disks: &harness::Disks) {
     for (wg, disk) in gens.iter().zip(&disks.0) {
         let mut img = vec![0u8; wg.model().len()];
-        disk.read_at(0, &mut img);
+        disk.read_at(0, &mut img).unwrap();
         assert!(img == wg.model(), "disk contents differ from the model");
     }
 }
@@ -141,7 +141,13 @@ fn closing_every_device_unmaps_everything() {
 
 #[test]
 fn full_page_requests_at_depth() {
-    let c = RunConfig { fixed_size: true, max_bytes: 4096, depth: 32, workload: Workload::Mixed, ..cfg(Mode::Persistent, true, true) };
+    let c = RunConfig {
+        fixed_size: true,
+        max_bytes: 4096,
+        depth: 32,
+        workload: Workload::Mixed,
+        ..cfg(Mode::Persistent, true, true)
+    };
     let (r, gens, disks) = run_with_disks(&c);
     check_clean(&r, &c);
     check_disks(&gens, &disks);

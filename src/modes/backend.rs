@@ -560,7 +560,15 @@ impl<S: Storage> Backend<S> {
                 let rsp = match req {
                     Ok(r) => {
                         let status = self.serve(plat, &r);
-                        Response { id: r.id, op: r.op_code(), status }
+                        // An indirect request is answered with its indirect_op: Linux
+                        // blkfront (6.1) checks `operation == indirect_op` and disables the
+                        // device otherwise ("response has wrong operation (6 instead of 1)",
+                        // seen on the Xen rig, boards/linux/NOTES.md).
+                        let op = match r.kind {
+                            ReqKind::Indirect { op, .. } => op.code(),
+                            _ => r.op_code(),
+                        };
+                        Response { id: r.id, op, status }
                     }
                     Err(rej) => {
                         if rej.reason == RejectReason::UnknownOp {

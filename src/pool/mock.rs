@@ -31,6 +31,7 @@ impl Mock {
         }
     }
     /// Plays the backend: marks `g` mapped (or not).
+    #[cfg(feature = "frontend")]
     pub fn set_mapped(&self, g: GrantRef, on: bool) {
         let off = g.0 as usize * 8;
         if on {

@@ -101,6 +101,21 @@ impl FrontRing {
         Ok(FrontRing { mem, abi, size, req_prod_pvt: 0, rsp_cons: 0 })
     }
 
+    /// `FRONT_RING_ATTACH`: attaches to an initialised, idle ring whose shared indices both
+    /// stand at `idx` (a frontend taking over a ring, or a test starting near the wrap).
+    pub fn attach_at(mem: SharedMem, abi: Abi, idx: u32) -> Result<FrontRing, RingError> {
+        let size = check_region(&mem, abi)?;
+        let req_prod = mem.load_u32(REQ_PROD, Ordering::Acquire);
+        let rsp_prod = mem.load_u32(RSP_PROD, Ordering::Acquire);
+        if req_prod != idx {
+            return Err(RingError::RequestProdOverflow { req_prod });
+        }
+        if rsp_prod != idx {
+            return Err(RingError::ResponseProdOverflow { rsp_prod });
+        }
+        Ok(FrontRing { mem, abi, size, req_prod_pvt: idx, rsp_cons: idx })
+    }
+
     /// Number of slots.
     pub fn size(&self) -> u32 {
         self.size

@@ -88,6 +88,10 @@ impl Dom {
         }
     }
 
+    pub(crate) fn domain(&self) -> &Arc<Domain> {
+        &self.d
+    }
+
     /// This domain's id.
     pub fn id(&self) -> DomId {
         self.d.id

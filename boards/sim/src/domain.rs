@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 use xenblk::proto::grant::{
@@ -68,6 +68,8 @@ pub(crate) struct Domain {
     waiting: AtomicBool,
     wait_lock: Mutex<()>,
     wait_cv: Condvar,
+    /// A thread that multiplexes several domains blocks here (see [`crate::WaitGroup`]).
+    pub(crate) group: OnceLock<Arc<crate::WaitGroup>>,
 }
 
 impl Domain {
@@ -98,6 +100,7 @@ impl Domain {
             waiting: AtomicBool::new(false),
             wait_lock: Mutex::new(()),
             wait_cv: Condvar::new(),
+            group: OnceLock::new(),
         })
     }
 
@@ -246,6 +249,9 @@ impl Domain {
             let _g = self.wait_lock.lock().unwrap();
             self.wait_cv.notify_all();
         }
+        if let Some(g) = self.group.get() {
+            g.wake();
+        }
     }
 
     /// Queues a watch event, coalescing with a pending one of the same (watch, token).
@@ -276,7 +282,7 @@ impl Domain {
         q.drain(..).map(|e| (e.path, e.token)).collect()
     }
 
-    fn anything(&self) -> bool {
+    pub(crate) fn anything(&self) -> bool {
         self.pending.iter().chain(&self.closed).any(|w| w.load(Ordering::SeqCst) != 0)
             || self.watch_flag.load(Ordering::SeqCst)
             || self.kicked.load(Ordering::SeqCst)
@@ -288,7 +294,8 @@ impl Domain {
             ports: PortSet::take(&self.pending),
             closed: PortSet::take(&self.closed),
             watches: self.watch_flag.load(Ordering::SeqCst),
-            kicked: self.kicked.swap(false, Ordering::SeqCst),
+            // Load first: a locked swap on every poll would bounce the line needlessly.
+            kicked: self.kicked.load(Ordering::SeqCst) && self.kicked.swap(false, Ordering::SeqCst),
             destroyed: self.is_dead(),
             timed_out: false,
         }

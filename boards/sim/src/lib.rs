@@ -26,13 +26,20 @@
 
 extern crate self as xenblk_sim;
 
+#[cfg(all(feature = "frontend", feature = "backend"))]
+pub mod bench;
+pub mod calibrate;
 mod dom;
 mod domain;
 mod evtchn;
 mod fault;
+mod group;
 pub mod harness;
 mod hv;
+#[cfg(all(feature = "frontend", feature = "backend"))]
+pub mod micro;
 pub mod peers;
+pub mod plot;
 pub mod shm;
 mod stats;
 pub mod storage;
@@ -43,6 +50,7 @@ pub mod xenstore;
 pub use dom::{Dom, Kicker, MAX_RING_PAGES};
 pub use evtchn::{MAX_PORTS, PortSet, WakeReason};
 pub use fault::{FaultPlan, Trigger};
+pub use group::WaitGroup;
 pub use hv::{DOMID_FIRST_RESERVED, DomainConfig, HvConfig, Hypervisor};
 pub use stats::DomStats;
 pub use storage::{DiskError, DiskStats, FileDisk, RamDisk};

@@ -36,11 +36,7 @@ impl Diagnostic {
     pub fn at(line: usize, text: &str, offset: usize, message: impl Into<String>) -> Diagnostic {
         let offset = floor_char_boundary(text, offset.min(text.len()));
         Diagnostic {
-            location: Some(Location {
-                line,
-                col: text[..offset].chars().count() + 1,
-                text: text.to_string(),
-            }),
+            location: Some(Location { line, col: text[..offset].chars().count() + 1, text: text.to_string() }),
             message: message.into(),
             notes: Vec::new(),
         }
@@ -48,11 +44,7 @@ impl Diagnostic {
 
     /// A diagnostic about the file as a whole.
     pub fn file(message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            location: None,
-            message: message.into(),
-            notes: Vec::new(),
-        }
+        Diagnostic { location: None, message: message.into(), notes: Vec::new() }
     }
 
     /// Adds a note.
@@ -73,10 +65,7 @@ impl Diagnostic {
     pub fn render(&self, file: &str, out: &mut String) {
         match &self.location {
             Some(loc) => {
-                out.push_str(&format!(
-                    "{file}:{}:{}: {}\n",
-                    loc.line, loc.col, self.message
-                ));
+                out.push_str(&format!("{file}:{}:{}: {}\n", loc.line, loc.col, self.message));
                 let (excerpt, caret_col) = excerpt(&loc.text, loc.col);
                 out.push_str("    ");
                 out.push_str(&excerpt);
@@ -109,10 +98,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 /// The part of `text` to show and the caret's column within it. Control
 /// characters are shown as `?` (tabs are kept so the caret lines up).
 fn excerpt(text: &str, col: usize) -> (String, usize) {
-    let chars: Vec<char> = text
-        .chars()
-        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
-        .collect();
+    let chars: Vec<char> = text.chars().map(|c| if c.is_control() && c != '\t' { '?' } else { c }).collect();
     if chars.len() <= EXCERPT_WIDTH {
         return (chars.into_iter().collect(), col);
     }
@@ -145,11 +131,7 @@ pub struct Diagnostics {
 impl Diagnostics {
     /// An empty set for `file`.
     pub fn new(file: &str) -> Diagnostics {
-        Diagnostics {
-            file: file.to_string(),
-            items: Vec::new(),
-            omitted: 0,
-        }
+        Diagnostics { file: file.to_string(), items: Vec::new(), omitted: 0 }
     }
 
     /// Adds one.
@@ -199,10 +181,7 @@ impl fmt::Display for Diagnostics {
             d.render(&self.file, &mut s);
         }
         if self.omitted > 0 {
-            s.push_str(&format!(
-                "{}: {} more error(s) not shown\n",
-                self.file, self.omitted
-            ));
+            s.push_str(&format!("{}: {} more error(s) not shown\n", self.file, self.omitted));
         }
         f.write_str(s.trim_end_matches('\n'))
     }

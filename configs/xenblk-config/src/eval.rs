@@ -2,9 +2,7 @@
 //! key resolution, evaluation, validation.
 
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::keys::{
-    self, DERIVED, KEYS, KeySpec, Kind, derived_index, key_index, ranges_text, suggest,
-};
+use crate::keys::{self, DERIVED, KEYS, KeySpec, Kind, derived_index, key_index, ranges_text, suggest};
 use crate::syntax::{self, Expr, Line, Op, PKind};
 use crate::{Config, DerivedValue, Profile, Setting, Source, Value};
 
@@ -44,19 +42,11 @@ enum EErr {
 
 impl EErr {
     fn at(rem: usize, msg: impl Into<String>) -> EErr {
-        EErr::At {
-            rem: Some(rem),
-            msg: msg.into(),
-            notes: Vec::new(),
-        }
+        EErr::At { rem: Some(rem), msg: msg.into(), notes: Vec::new() }
     }
 
     fn unplaced(msg: impl Into<String>) -> EErr {
-        EErr::At {
-            rem: None,
-            msg: msg.into(),
-            notes: Vec::new(),
-        }
+        EErr::At { rem: None, msg: msg.into(), notes: Vec::new() }
     }
 
     /// Points an error at `rem` (replacing any position in another source)
@@ -65,11 +55,7 @@ impl EErr {
         match self {
             EErr::At { msg, mut notes, .. } => {
                 notes.extend(note);
-                EErr::At {
-                    rem: Some(rem),
-                    msg,
-                    notes,
-                }
+                EErr::At { rem: Some(rem), msg, notes }
             }
             EErr::Silent => EErr::Silent,
         }
@@ -127,8 +113,7 @@ struct Eval<'a> {
 fn parsed_defaults() -> Vec<Expr> {
     KEYS.iter()
         .map(|k| {
-            syntax::expression(k.default)
-                .unwrap_or_else(|e| panic!("default of `{}` does not parse: {e:?}", k.name))
+            syntax::expression(k.default).unwrap_or_else(|e| panic!("default of `{}` does not parse: {e:?}", k.name))
         })
         .collect()
 }
@@ -222,10 +207,7 @@ impl Eval<'_> {
                 self.diag_at(
                     idx,
                     MAX_LINE_LEN,
-                    format!(
-                        "line too long: {} bytes (the limit is {MAX_LINE_LEN})",
-                        raw.len()
-                    ),
+                    format!("line too long: {} bytes (the limit is {MAX_LINE_LEN})", raw.len()),
                 );
                 continue;
             }
@@ -259,28 +241,16 @@ impl Eval<'_> {
                     } else {
                         let hint = suggest(&name, &name, &keys::sections());
                         let d = self
-                            .mk(
-                                idx,
-                                code.len() - rem,
-                                format!("unknown section `[{name}]`{}", suggestion_note(hint)),
-                            )
+                            .mk(idx, code.len() - rem, format!("unknown section `[{name}]`{}", suggestion_note(hint)))
                             .note(format!(
                                 "the sections are {}",
-                                keys::sections()
-                                    .iter()
-                                    .map(|s| format!("`[{s}]`"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+                                keys::sections().iter().map(|s| format!("`[{s}]`")).collect::<Vec<_>>().join(", ")
                             ));
                         self.diags.push(d);
                         section = Some(None);
                     }
                 }
-                Line::Assign {
-                    key,
-                    key_rem,
-                    value,
-                } => {
+                Line::Assign { key, key_rem, value } => {
                     let key_off = code.len() - key_rem;
                     let sec = match &section {
                         Some(None) => continue,
@@ -294,11 +264,7 @@ impl Eval<'_> {
                     if let Some(d) = derived_index(&full) {
                         let spec = &DERIVED[d];
                         let d = self
-                            .mk(
-                                idx,
-                                key_off,
-                                format!("`{full}` is derived and cannot be set"),
-                            )
+                            .mk(idx, key_off, format!("`{full}` is derived and cannot be set"))
                             .note(format!("it is computed as `{}`", spec.formula));
                         self.diags.push(d);
                         continue;
@@ -309,11 +275,7 @@ impl Eval<'_> {
                     };
                     if let Some(first) = self.set_by[k] {
                         let first_line = self.assigns[first].line;
-                        self.diag_at(
-                            idx,
-                            key_off,
-                            format!("duplicate key `{full}` (first set on line {first_line})"),
-                        );
+                        self.diag_at(idx, key_off, format!("duplicate key `{full}` (first set on line {first_line})"));
                         continue;
                     }
                     self.set_by[k] = Some(self.assigns.len());
@@ -357,14 +319,7 @@ impl Eval<'_> {
         }
     }
 
-    fn unknown_key(
-        &mut self,
-        idx: usize,
-        off: usize,
-        written: &str,
-        full: &str,
-        sec: Option<&str>,
-    ) {
+    fn unknown_key(&mut self, idx: usize, off: usize, written: &str, full: &str, sec: Option<&str>) {
         let mut notes = Vec::new();
         let mut hint = suggest(written, full, &keys::settable_names());
         if let Some(s) = sec
@@ -384,12 +339,7 @@ impl Eval<'_> {
         if let Some(d) = derived {
             notes.push(format!("`{}` is derived and cannot be set", d.name));
         }
-        self.push_notes(
-            idx,
-            off,
-            format!("unknown key `{full}`{}", suggestion_note(hint)),
-            notes,
-        );
+        self.push_notes(idx, off, format!("unknown key `{full}`{}", suggestion_note(hint)), notes);
     }
 
     /// Pass 2: evaluate every assignment in file order.
@@ -400,10 +350,7 @@ impl Eval<'_> {
                 (a.line, a.idx, a.key)
             };
             let section = self.assigns[a].section.clone();
-            let ctx = Ctx {
-                line,
-                section: section.as_deref(),
-            };
+            let ctx = Ctx { line, section: section.as_deref() };
             let Some(value) = self.assigns[a].value.clone() else {
                 self.slots[k] = Slot::Failed;
                 continue;
@@ -422,11 +369,9 @@ impl Eval<'_> {
                             spec.name,
                             v.kind().word()
                         ),
-                        Kind::Int => format!(
-                            "type error: `{}` is an integer, but the value is a {}",
-                            spec.name,
-                            v.kind().word()
-                        ),
+                        Kind::Int => {
+                            format!("type error: `{}` is an integer, but the value is a {}", spec.name, v.kind().word())
+                        }
                     };
                     self.diag_at(idx, value_off, msg);
                 }
@@ -447,14 +392,8 @@ impl Eval<'_> {
             Expr::Name { rem, name } => self.eval_name(name, *rem, ctx),
             Expr::Paren { inner, .. } => self.eval(inner, ctx),
             Expr::Neg { rem, inner } => match self.eval(inner, ctx)? {
-                Val::Int(v) => v
-                    .checked_neg()
-                    .map(Val::Int)
-                    .ok_or_else(|| EErr::at(*rem, "arithmetic overflow")),
-                Val::Bool(_) => Err(EErr::at(
-                    inner.rem(),
-                    "type error: booleans cannot be used in arithmetic",
-                )),
+                Val::Int(v) => v.checked_neg().map(Val::Int).ok_or_else(|| EErr::at(*rem, "arithmetic overflow")),
+                Val::Bool(_) => Err(EErr::at(inner.rem(), "type error: booleans cannot be used in arithmetic")),
             },
             Expr::Chain { first, rest } => {
                 let mut acc = self.eval(first, ctx)?;
@@ -462,17 +401,10 @@ impl Eval<'_> {
                 for (op, op_rem, operand) in rest {
                     let rhs = self.eval(operand, ctx)?;
                     let (Val::Int(l), Val::Int(r)) = (acc, rhs) else {
-                        let bad = if matches!(acc, Val::Bool(_)) {
-                            acc_rem
-                        } else {
-                            operand.rem()
-                        };
+                        let bad = if matches!(acc, Val::Bool(_)) { acc_rem } else { operand.rem() };
                         return Err(EErr::at(
                             bad,
-                            format!(
-                                "type error: booleans cannot be used in arithmetic (`{}`)",
-                                op.symbol()
-                            ),
+                            format!("type error: booleans cannot be used in arithmetic (`{}`)", op.symbol()),
                         ));
                     };
                     let v = match op {
@@ -510,10 +442,7 @@ impl Eval<'_> {
         }
         let full = candidates.first().expect("non-empty");
         let hint = suggest(name, full, &keys::readable_names());
-        Err(EErr::at(
-            rem,
-            format!("unknown name `{name}`{}", suggestion_note(hint)),
-        ))
+        Err(EErr::at(rem, format!("unknown name `{name}`{}", suggestion_note(hint))))
     }
 
     /// The final value of key `k`, as seen from `ctx`.
@@ -522,21 +451,12 @@ impl Eval<'_> {
         if let Some(a) = self.set_by[k] {
             let set_line = self.assigns[a].line;
             if set_line == ctx.line {
-                return Err(EErr::unplaced(format!(
-                    "`{}` cannot be used in its own value",
-                    spec.name
-                )));
+                return Err(EErr::unplaced(format!("`{}` cannot be used in its own value", spec.name)));
             }
             if set_line > ctx.line {
-                let mut e = EErr::unplaced(format!(
-                    "`{}` is used before it is set (on line {set_line})",
-                    spec.name
-                ));
+                let mut e = EErr::unplaced(format!("`{}` is used before it is set (on line {set_line})", spec.name));
                 if let EErr::At { notes, .. } = &mut e {
-                    notes.push(
-                        "a name stands for the key's final value: set a key before using it"
-                            .to_string(),
-                    );
+                    notes.push("a name stands for the key's final value: set a key before using it".to_string());
                 }
                 return Err(e);
             }
@@ -546,21 +466,14 @@ impl Eval<'_> {
             };
         }
         // Not set in the file: the default, which may read other keys.
-        let dctx = Ctx {
-            line: ctx.line,
-            section: None,
-        };
+        let dctx = Ctx { line: ctx.line, section: None };
         let v = self.eval(&self.defaults[k], &dctx).map_err(|e| match e {
             EErr::At { msg, mut notes, .. } => {
                 notes.push(format!(
                     "`{}` is not set in this file, so it stands for its default `{}`",
                     spec.name, spec.default
                 ));
-                EErr::At {
-                    rem: None,
-                    msg,
-                    notes,
-                }
+                EErr::At { rem: None, msg, notes }
             }
             EErr::Silent => EErr::Silent,
         })?;
@@ -595,23 +508,14 @@ impl Eval<'_> {
             return if spec.kind == Kind::Bool {
                 Ok(())
             } else {
-                Err((
-                    format!("type error: `{name}`{how} is an integer, but the value is a boolean"),
-                    Vec::new(),
-                ))
+                Err((format!("type error: `{name}`{how} is an integer, but the value is a boolean"), Vec::new()))
             };
         };
         if spec.kind == Kind::Bool {
-            return Err((
-                format!("type error: `{name}`{how} is a boolean, but the value is an integer"),
-                Vec::new(),
-            ));
+            return Err((format!("type error: `{name}`{how} is a boolean, but the value is an integer"), Vec::new()));
         }
         if n < 0 {
-            return Err((
-                format!("`{name}`{how} must not be negative (the value is {n})"),
-                Vec::new(),
-            ));
+            return Err((format!("`{name}`{how} must not be negative (the value is {n})"), Vec::new()));
         }
         if !spec.allowed.iter().any(|r| r.contains(n)) {
             let mut notes = Vec::new();
@@ -619,10 +523,7 @@ impl Eval<'_> {
                 notes.push(note.to_string());
             }
             return Err((
-                format!(
-                    "`{name}` = {n}{how} is out of range (allowed: {})",
-                    ranges_text(spec.allowed)
-                ),
+                format!("`{name}` = {n}{how} is out of range (allowed: {})", ranges_text(spec.allowed)),
                 notes,
             ));
         }
@@ -668,10 +569,7 @@ impl Eval<'_> {
     /// The final value of `k` (after the whole file). `Silent` after an
     /// error reported elsewhere.
     fn final_value(&self, k: usize) -> Result<Val, EErr> {
-        let ctx = Ctx {
-            line: AFTER_ALL,
-            section: None,
-        };
+        let ctx = Ctx { line: AFTER_ALL, section: None };
         match self.set_by[k] {
             Some(_) => match self.slots[k] {
                 Slot::Done(v) => Ok(v),
@@ -683,10 +581,7 @@ impl Eval<'_> {
 
     /// Pass 3: every key's final value against its rules.
     fn validate(&mut self) {
-        let ctx = Ctx {
-            line: AFTER_ALL,
-            section: None,
-        };
+        let ctx = Ctx { line: AFTER_ALL, section: None };
         for (k, spec) in KEYS.iter().enumerate() {
             let v = match self.final_value(k) {
                 Ok(v) => v,
@@ -718,9 +613,7 @@ impl Eval<'_> {
             if problem.is_none()
                 && let (Some(al), Val::Int(n)) = (spec.at_least, v)
             {
-                let bound = syntax::expression(al.expr)
-                    .ok()
-                    .and_then(|e| self.eval(&e, &ctx).ok());
+                let bound = syntax::expression(al.expr).ok().and_then(|e| self.eval(&e, &ctx).ok());
                 if let Some(Val::Int(min)) = bound
                     && n < min
                 {
@@ -742,9 +635,7 @@ impl Eval<'_> {
                     if self.set_by[k].is_none() {
                         notes.push(format!(
                             "`{}` is not set in this file; its default depends on `{}`, set here; set `{}` explicitly",
-                            spec.name,
-                            KEYS[self.assigns[a].key].name,
-                            spec.name
+                            spec.name, KEYS[self.assigns[a].key].name, spec.name
                         ));
                     }
                     self.push_notes(idx, off, msg, notes);
@@ -761,29 +652,18 @@ impl Eval<'_> {
     fn build(&self, file: &str) -> Config {
         let mut values = Vec::with_capacity(KEYS.len());
         for (k, spec) in KEYS.iter().enumerate() {
-            let Ok(v) = self.final_value(k) else {
-                unreachable!("`{}` of a valid config has a value", spec.name)
-            };
+            let Ok(v) = self.final_value(k) else { unreachable!("`{}` of a valid config has a value", spec.name) };
             let value = match v {
                 Val::Int(n) => Value::Int(u64::try_from(n).expect("validated")),
                 Val::Bool(b) => Value::Bool(b),
             };
             let source = match self.set_by[k] {
-                Some(a) => Source::File {
-                    line: self.assigns[a].line,
-                },
+                Some(a) => Source::File { line: self.assigns[a].line },
                 None => Source::Default,
             };
-            values.push(Setting {
-                spec,
-                value,
-                source,
-            });
+            values.push(Setting { spec, value, source });
         }
-        let ctx = Ctx {
-            line: AFTER_ALL,
-            section: None,
-        };
+        let ctx = Ctx { line: AFTER_ALL, section: None };
         let derived = DERIVED
             .iter()
             .enumerate()

@@ -48,16 +48,8 @@ impl Range {
 
 /// Renders a list of ranges as `0 or 17..=4096`.
 pub fn ranges_text(ranges: &[Range]) -> String {
-    let parts: Vec<String> = ranges
-        .iter()
-        .map(|r| {
-            if r.lo == r.hi {
-                r.lo.to_string()
-            } else {
-                format!("{}..={}", r.lo, r.hi)
-            }
-        })
-        .collect();
+    let parts: Vec<String> =
+        ranges.iter().map(|r| if r.lo == r.hi { r.lo.to_string() } else { format!("{}..={}", r.lo, r.hi) }).collect();
     parts.join(" or ")
 }
 
@@ -313,11 +305,7 @@ fn slots(d: &[i128]) -> i128 {
 
 fn indirect_pages(d: &[i128]) -> i128 {
     let n = d[0];
-    if n <= DIRECT_SEGMENTS {
-        0
-    } else {
-        (n + SEGMENTS_PER_INDIRECT_PAGE - 1) / SEGMENTS_PER_INDIRECT_PAGE
-    }
+    if n <= DIRECT_SEGMENTS { 0 } else { (n + SEGMENTS_PER_INDIRECT_PAGE - 1) / SEGMENTS_PER_INDIRECT_PAGE }
 }
 
 /// Read-only names computed from keys.
@@ -397,26 +385,10 @@ fn fp_backend(c: &crate::Config) -> u64 {
 /// driver's static storage (both roles) excluding code, and excluding the
 /// guests' own pages that a backend maps.
 pub const FOOTPRINT: &[FootprintTerm] = &[
-    FootprintTerm {
-        label: "frontend rings",
-        formula: "ring.queues * ring.pages * 4096",
-        bytes: fp_ring,
-    },
-    FootprintTerm {
-        label: "frontend pool data",
-        formula: "frontend.pool_grants * 4096",
-        bytes: fp_pool,
-    },
-    FootprintTerm {
-        label: "frontend pool metadata",
-        formula: "frontend.pool_grants * 16",
-        bytes: fp_pool_meta,
-    },
-    FootprintTerm {
-        label: "frontend request shadows",
-        formula: "ring.queues * ring.slots * 128",
-        bytes: fp_shadow,
-    },
+    FootprintTerm { label: "frontend rings", formula: "ring.queues * ring.pages * 4096", bytes: fp_ring },
+    FootprintTerm { label: "frontend pool data", formula: "frontend.pool_grants * 4096", bytes: fp_pool },
+    FootprintTerm { label: "frontend pool metadata", formula: "frontend.pool_grants * 16", bytes: fp_pool_meta },
+    FootprintTerm { label: "frontend request shadows", formula: "ring.queues * ring.slots * 128", bytes: fp_shadow },
     FootprintTerm {
         label: "backend grant cache",
         formula: "min(backend.total_grants, guests * ring.queues * backend.max_grants) * 32",
@@ -425,14 +397,8 @@ pub const FOOTPRINT: &[FootprintTerm] = &[
 ];
 
 /// Bool literal words and their values.
-pub const BOOL_WORDS: &[(&str, bool)] = &[
-    ("true", true),
-    ("false", false),
-    ("yes", true),
-    ("no", false),
-    ("on", true),
-    ("off", false),
-];
+pub const BOOL_WORDS: &[(&str, bool)] =
+    &[("true", true), ("false", false), ("yes", true), ("no", false), ("on", true), ("off", false)];
 
 /// Size suffixes and their multipliers.
 pub const SUFFIXES: &[(&str, i128)] = &[("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)];
@@ -491,11 +457,7 @@ pub fn suggest(written: &str, full: &str, candidates: &[&'static str]) -> Option
         return Some(format!("did you mean the top-level `{written}`?"));
     }
     let last = written.rsplit('.').next().unwrap_or(written);
-    let by_last: Vec<&str> = candidates
-        .iter()
-        .copied()
-        .filter(|c| c.rsplit('.').next() == Some(last))
-        .collect();
+    let by_last: Vec<&str> = candidates.iter().copied().filter(|c| c.rsplit('.').next() == Some(last)).collect();
     if !by_last.is_empty() && by_last.len() <= 3 {
         return Some(did_you_mean(&by_last));
     }
@@ -531,8 +493,5 @@ pub fn settable_names() -> Vec<&'static str> {
 
 /// Names that can be read in expressions.
 pub fn readable_names() -> Vec<&'static str> {
-    KEYS.iter()
-        .map(|k| k.name)
-        .chain(DERIVED.iter().map(|d| d.name))
-        .collect()
+    KEYS.iter().map(|k| k.name).chain(DERIVED.iter().map(|d| d.name)).collect()
 }

@@ -66,9 +66,7 @@ impl std::str::FromStr for Profile {
         match s {
             "linux" => Ok(Profile::Linux),
             "netbsd" => Ok(Profile::Netbsd),
-            _ => Err(format!(
-                "unknown profile `{s}` (the profiles are `linux` and `netbsd`)"
-            )),
+            _ => Err(format!("unknown profile `{s}` (the profiles are `linux` and `netbsd`)")),
         }
     }
 }
@@ -166,34 +164,20 @@ pub struct Config {
 }
 
 impl Config {
-    fn from_parts(
-        file: String,
-        profile: Profile,
-        settings: Vec<Setting>,
-        derived: Vec<DerivedValue>,
-    ) -> Config {
+    fn from_parts(file: String, profile: Profile, settings: Vec<Setting>, derived: Vec<DerivedValue>) -> Config {
         let int = |name: &str| -> u64 {
             let v = settings
                 .iter()
                 .find(|s| s.spec.name == name)
                 .map(|s| s.value)
-                .or_else(|| {
-                    derived
-                        .iter()
-                        .find(|d| d.spec.name == name)
-                        .map(|d| Value::Int(d.value))
-                });
+                .or_else(|| derived.iter().find(|d| d.spec.name == name).map(|d| Value::Int(d.value)));
             match v {
                 Some(Value::Int(n)) => n,
                 other => unreachable!("`{name}` is {other:?}"),
             }
         };
         let flag = |name: &str| -> bool {
-            match settings
-                .iter()
-                .find(|s| s.spec.name == name)
-                .map(|s| s.value)
-            {
+            match settings.iter().find(|s| s.spec.name == name).map(|s| s.value) {
                 Some(Value::Bool(b)) => b,
                 other => unreachable!("`{name}` is {other:?}"),
             }
@@ -229,20 +213,12 @@ impl Config {
             .iter()
             .find(|s| s.spec.name == name)
             .map(|s| s.value)
-            .or_else(|| {
-                self.derived
-                    .iter()
-                    .find(|d| d.spec.name == name)
-                    .map(|d| Value::Int(d.value))
-            })
+            .or_else(|| self.derived.iter().find(|d| d.spec.name == name).map(|d| Value::Int(d.value)))
     }
 
     /// Where a key's value came from (`None` for unknown and derived names).
     pub fn source(&self, name: &str) -> Option<Source> {
-        self.settings
-            .iter()
-            .find(|s| s.spec.name == name)
-            .map(|s| s.source)
+        self.settings.iter().find(|s| s.spec.name == name).map(|s| s.source)
     }
 
     /// `FILE:LINE` or `default`.
@@ -267,10 +243,7 @@ impl Config {
     /// The static memory footprint estimate, term by term
     /// ([`keys::FOOTPRINT`]): label, formula, bytes.
     pub fn footprint(&self) -> Vec<(&'static str, &'static str, u64)> {
-        keys::FOOTPRINT
-            .iter()
-            .map(|t| (t.label, t.formula, (t.bytes)(self)))
-            .collect()
+        keys::FOOTPRINT.iter().map(|t| (t.label, t.formula, (t.bytes)(self))).collect()
     }
 
     /// The sum of [`Config::footprint`]: an estimate of the driver's static
@@ -294,10 +267,7 @@ pub fn parse_bytes(name: &str, src: &[u8], profile: Profile) -> Result<Config, D
             let good = &src[..e.valid_up_to()];
             let line_start = good.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
             let line_no = good.iter().filter(|b| **b == b'\n').count() + 1;
-            let line_end = src[line_start..]
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(src.len(), |p| line_start + p);
+            let line_end = src[line_start..].iter().position(|b| *b == b'\n').map_or(src.len(), |p| line_start + p);
             let text = String::from_utf8_lossy(&src[line_start..line_end]);
             let text = text.strip_suffix('\r').unwrap_or(&text);
             // Column: the valid characters before the bad byte, plus one.

@@ -123,19 +123,13 @@ pub struct PErr {
 
 impl PErr {
     fn msg(i: &str, m: impl Into<String>) -> PErr {
-        PErr {
-            rem: i.len(),
-            kind: PKind::Msg(m.into()),
-        }
+        PErr { rem: i.len(), kind: PKind::Msg(m.into()) }
     }
 }
 
 impl ParseError<&str> for PErr {
     fn from_error_kind(input: &str, _kind: ErrorKind) -> Self {
-        PErr {
-            rem: input.len(),
-            kind: PKind::Generic,
-        }
+        PErr { rem: input.len(), kind: PKind::Generic }
     }
 
     fn append(_input: &str, _kind: ErrorKind, other: Self) -> Self {
@@ -166,11 +160,7 @@ fn fail<O>(i: &str, m: impl Into<String>) -> R<'_, O> {
 
 /// Shows the token at the start of `i` for messages: a word, or one char.
 pub fn token_at(i: &str) -> String {
-    let word: String = i
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
-        .take(40)
-        .collect();
+    let word: String = i.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.').take(40).collect();
     if !word.is_empty() {
         return word;
     }
@@ -204,19 +194,9 @@ fn dotted(i: &str) -> R<'_, &str> {
 }
 
 fn digits(i: &str) -> R<'_, (&str, u32)> {
-    let hex = (
-        tag_no_case("0x"),
-        take_while(|c: char| c.is_ascii_hexdigit() || c == '_'),
-    );
-    let dec = recognize((
-        satisfy(|c| c.is_ascii_digit()),
-        take_while(|c: char| c.is_ascii_digit() || c == '_'),
-    ));
-    alt((
-        hex.map(|(_, d): (&str, &str)| (d, 16)),
-        dec.map(|d| (d, 10)),
-    ))
-    .parse(i)
+    let hex = (tag_no_case("0x"), take_while(|c: char| c.is_ascii_hexdigit() || c == '_'));
+    let dec = recognize((satisfy(|c| c.is_ascii_digit()), take_while(|c: char| c.is_ascii_digit() || c == '_')));
+    alt((hex.map(|(_, d): (&str, &str)| (d, 16)), dec.map(|d| (d, 10)))).parse(i)
 }
 
 fn number(i: &str) -> R<'_, Expr> {
@@ -250,18 +230,11 @@ fn number(i: &str) -> R<'_, Expr> {
         }
         None => (i, value),
     };
-    Ok((
-        i,
-        Expr::Int {
-            rem: start.len(),
-            value,
-        },
-    ))
+    Ok((i, Expr::Int { rem: start.len(), value }))
 }
 
 fn suffix_word(i: &str) -> Option<&str> {
-    let r: IResult<&str, &str, PErr> =
-        take_while1(|c: char| c.is_ascii_alphanumeric() || c == '_').parse(i);
+    let r: IResult<&str, &str, PErr> = take_while1(|c: char| c.is_ascii_alphanumeric() || c == '_').parse(i);
     match r {
         Ok((_, w)) if w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') => Some(w),
         _ => None,
@@ -278,9 +251,9 @@ fn bad_suffix_message(word: &str) -> String {
     };
     let shown: String = word.chars().take(40).collect();
     match hint {
-        Some(h) => format!(
-            "unknown size suffix `{shown}` (the suffixes are `KiB`, `MiB` and `GiB`); did you mean `{h}`?"
-        ),
+        Some(h) => {
+            format!("unknown size suffix `{shown}` (the suffixes are `KiB`, `MiB` and `GiB`); did you mean `{h}`?")
+        }
         None => format!("unknown size suffix `{shown}` (the suffixes are `KiB`, `MiB` and `GiB`)"),
     }
 }
@@ -291,38 +264,20 @@ fn name_or_bool(i: &str) -> R<'_, Expr> {
     if let Some((_, value)) = BOOL_WORDS.iter().find(|(w, _)| *w == name) {
         return Ok((j, Expr::Bool { rem, value: *value }));
     }
-    Ok((
-        j,
-        Expr::Name {
-            rem,
-            name: name.to_string(),
-        },
-    ))
+    Ok((j, Expr::Name { rem, name: name.to_string() }))
 }
 
 fn paren(i: &str, depth: u32) -> R<'_, Expr> {
     let (j, _) = char('(').parse(i)?;
     if depth >= MAX_DEPTH {
-        return fail(
-            i,
-            format!("expression nested too deeply (the limit is {MAX_DEPTH} levels)"),
-        );
+        return fail(i, format!("expression nested too deeply (the limit is {MAX_DEPTH} levels)"));
     }
     let (j, _) = space0(j)?;
     let (j, inner) = sum(j, depth + 1).map_err(to_failure)?;
     let (j, _) = space0(j)?;
     match char::<&str, PErr>(')').parse(j) {
-        Ok((j, _)) => Ok((
-            j,
-            Expr::Paren {
-                rem: i.len(),
-                inner: Box::new(inner),
-            },
-        )),
-        Err(_) => Err(NomErr::Failure(PErr {
-            rem: j.len(),
-            kind: PKind::Unclosed { open: i.len() },
-        })),
+        Ok((j, _)) => Ok((j, Expr::Paren { rem: i.len(), inner: Box::new(inner) })),
+        Err(_) => Err(NomErr::Failure(PErr { rem: j.len(), kind: PKind::Unclosed { open: i.len() } })),
     }
 }
 
@@ -340,10 +295,7 @@ fn primary(i: &str, depth: u32) -> R<'_, Expr> {
             let what = if i.is_empty() {
                 "expected a value at the end of the line".to_string()
             } else {
-                format!(
-                    "expected a value (a number, a boolean, a name or `(`), found `{}`",
-                    token_at(i)
-                )
+                format!("expected a value (a number, a boolean, a name or `(`), found `{}`", token_at(i))
             };
             fail(i, what)
         }
@@ -354,30 +306,16 @@ fn primary(i: &str, depth: u32) -> R<'_, Expr> {
 fn unary(i: &str, depth: u32) -> R<'_, Expr> {
     if let Ok((j, _)) = char::<&str, PErr>('-').parse(i) {
         if depth >= MAX_DEPTH {
-            return fail(
-                i,
-                format!("expression nested too deeply (the limit is {MAX_DEPTH} levels)"),
-            );
+            return fail(i, format!("expression nested too deeply (the limit is {MAX_DEPTH} levels)"));
         }
         let (j, _) = space0(j)?;
         let (j, inner) = unary(j, depth + 1)?;
-        return Ok((
-            j,
-            Expr::Neg {
-                rem: i.len(),
-                inner: Box::new(inner),
-            },
-        ));
+        return Ok((j, Expr::Neg { rem: i.len(), inner: Box::new(inner) }));
     }
     primary(i, depth)
 }
 
-fn chain<'a>(
-    i: &'a str,
-    depth: u32,
-    ops: &'static str,
-    operand: fn(&'a str, u32) -> R<'a, Expr>,
-) -> R<'a, Expr> {
+fn chain<'a>(i: &'a str, depth: u32, ops: &'static str, operand: fn(&'a str, u32) -> R<'a, Expr>) -> R<'a, Expr> {
     let (mut i, first) = operand(i, depth)?;
     let mut rest = Vec::new();
     loop {
@@ -399,13 +337,7 @@ fn chain<'a>(
     if rest.is_empty() {
         return Ok((i, first));
     }
-    Ok((
-        i,
-        Expr::Chain {
-            first: Box::new(first),
-            rest,
-        },
-    ))
+    Ok((i, Expr::Chain { first: Box::new(first), rest }))
 }
 
 fn product(i: &str, depth: u32) -> R<'_, Expr> {
@@ -432,10 +364,7 @@ pub fn expression(src: &str) -> Result<Expr, PErr> {
             ),
         )),
         Err(NomErr::Error(e) | NomErr::Failure(e)) => Err(e),
-        Err(NomErr::Incomplete(_)) => Err(PErr {
-            rem: 0,
-            kind: PKind::Generic,
-        }),
+        Err(NomErr::Incomplete(_)) => Err(PErr { rem: 0, kind: PKind::Generic }),
     }
 }
 
@@ -447,11 +376,7 @@ pub enum Line {
     /// `[name]`.
     Section { name: String, rem: usize },
     /// `key = value`.
-    Assign {
-        key: String,
-        key_rem: usize,
-        value: Expr,
-    },
+    Assign { key: String, key_rem: usize, value: Expr },
 }
 
 /// Strips a trailing comment.
@@ -473,27 +398,14 @@ fn section(i: &str) -> R<'_, Line> {
     };
     let (j, _) = space0(j)?;
     let Ok((j, _)) = tag::<&str, &str, PErr>("]").parse(j) else {
-        let found = if j.is_empty() {
-            String::new()
-        } else {
-            format!(", found `{}`", token_at(j))
-        };
+        let found = if j.is_empty() { String::new() } else { format!(", found `{}`", token_at(j)) };
         return fail(j, format!("expected `]` to end the section header{found}"));
     };
     let (j, _) = space0(j)?;
     if !j.is_empty() {
-        return fail(
-            j,
-            format!("unexpected `{}` after the section header", token_at(j)),
-        );
+        return fail(j, format!("unexpected `{}` after the section header", token_at(j)));
     }
-    Ok((
-        j,
-        Line::Section {
-            name: name.to_string(),
-            rem: name_rem,
-        },
-    ))
+    Ok((j, Line::Section { name: name.to_string(), rem: name_rem }))
 }
 
 fn assignment(i: &str) -> Result<Line, PErr> {
@@ -501,13 +413,7 @@ fn assignment(i: &str) -> Result<Line, PErr> {
     let (j, key) = match dotted(i) {
         Ok(x) => x,
         Err(NomErr::Error(_)) => {
-            return Err(PErr::msg(
-                i,
-                format!(
-                    "expected a key or a `[section]` header, found `{}`",
-                    token_at(i)
-                ),
-            ));
+            return Err(PErr::msg(i, format!("expected a key or a `[section]` header, found `{}`", token_at(i))));
         }
         Err(NomErr::Failure(e)) => return Err(e),
         Err(NomErr::Incomplete(_)) => unreachable!("complete parsers only"),
@@ -517,10 +423,7 @@ fn assignment(i: &str) -> Result<Line, PErr> {
         let m = if j.is_empty() {
             format!("expected `=` and a value after `{key}`")
         } else if j.starts_with(|c: char| c.is_ascii_punctuation() && c != '=') {
-            format!(
-                "unexpected `{}` in key `{key}`: keys are letters, digits, `_` and `.`",
-                token_at(j)
-            )
+            format!("unexpected `{}` in key `{key}`: keys are letters, digits, `_` and `.`", token_at(j))
         } else {
             format!("expected `=` after `{key}`, found `{}`", token_at(j))
         };
@@ -531,11 +434,7 @@ fn assignment(i: &str) -> Result<Line, PErr> {
         return Err(PErr::msg(trimmed, format!("missing value after `{key} =`")));
     }
     let value = expression(trimmed)?;
-    Ok(Line::Assign {
-        key: key.to_string(),
-        key_rem,
-        value,
-    })
+    Ok(Line::Assign { key: key.to_string(), key_rem, value })
 }
 
 /// The key of a line that starts like `key =`, whatever follows.
@@ -605,9 +504,7 @@ mod tests {
     fn lines() {
         assert_eq!(line("  # hi").unwrap(), Line::Blank);
         assert_eq!(line("").unwrap(), Line::Blank);
-        assert!(
-            matches!(line("[ring]").unwrap(), Line::Section { ref name, rem: 5 } if name == "ring")
-        );
+        assert!(matches!(line("[ring]").unwrap(), Line::Section { ref name, rem: 5 } if name == "ring"));
         assert!(matches!(
             line(strip_comment("a.b = 1 # c")).unwrap(),
             Line::Assign { ref key, key_rem: 8, .. } if key == "a.b"

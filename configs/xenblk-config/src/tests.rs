@@ -32,17 +32,9 @@ fn err_at_p(src: &str, p: Profile, at: &str, msg: &str) -> Diagnostics {
     let d = errs_p(src, p);
     let first = &d.items[0];
     assert_eq!(first.line_col(), at, "wrong place for:\n{d}");
-    assert!(
-        first.message.contains(msg),
-        "message {:?} does not contain {msg:?}\n{d}",
-        first.message
-    );
+    assert!(first.message.contains(msg), "message {:?} does not contain {msg:?}\n{d}", first.message);
     // The rendered form starts with FILE:LINE:COL: message.
-    assert!(
-        d.to_string()
-            .starts_with(&format!("t.cfg:{at}: {}", first.message)),
-        "{d}"
-    );
+    assert!(d.to_string().starts_with(&format!("t.cfg:{at}: {}", first.message)), "{d}");
     d
 }
 
@@ -74,10 +66,7 @@ fn renders_file_line_col_line_and_caret() {
         "t.cfg:2:3: unknown key `ring.ordr`; did you mean `ring.order`?\n    \
          \x20 ring.ordr = 2 # x\n      ^"
     );
-    assert_eq!(
-        d.headline(),
-        "t.cfg:2:3: unknown key `ring.ordr`; did you mean `ring.order`?"
-    );
+    assert_eq!(d.headline(), "t.cfg:2:3: unknown key `ring.ordr`; did you mean `ring.order`?");
 }
 
 #[test]
@@ -89,10 +78,7 @@ fn columns_count_characters_not_bytes() {
 
 #[test]
 fn reports_several_errors_in_file_order() {
-    let d = errs_p(
-        "guests = 0\nbogus = 1\nring.order = 9\n[backend]\nmax_grants = yes\n",
-        Profile::Linux,
-    );
+    let d = errs_p("guests = 0\nbogus = 1\nring.order = 9\n[backend]\nmax_grants = yes\n", Profile::Linux);
     let places: Vec<String> = d.items.iter().map(|i| i.line_col()).collect();
     assert_eq!(places, ["1:10", "2:1", "3:14", "5:14"], "{d}");
 }
@@ -122,40 +108,24 @@ fn syntax_missing_value() {
 
 #[test]
 fn syntax_dangling_operator() {
-    err_at(
-        "guests = 1 +",
-        "1:13",
-        "expected a value at the end of the line",
-    );
+    err_at("guests = 1 +", "1:13", "expected a value at the end of the line");
     err_at("guests = 1 * * 2", "1:14", "expected a value");
 }
 
 #[test]
 fn syntax_unclosed_paren() {
-    err_at(
-        "guests = (1 + (2)",
-        "1:18",
-        "expected `)` to close the `(` at column 10",
-    );
+    err_at("guests = (1 + (2)", "1:18", "expected `)` to close the `(` at column 10");
 }
 
 #[test]
 fn syntax_trailing_garbage() {
-    err_at(
-        "guests = 1 2",
-        "1:12",
-        "unexpected `2`; expected an operator",
-    );
+    err_at("guests = 1 2", "1:12", "unexpected `2`; expected an operator");
     err_at("guests = 1)", "1:11", "unexpected `)`");
 }
 
 #[test]
 fn syntax_bad_key_and_line_start() {
-    err_at(
-        "= 3",
-        "1:1",
-        "expected a key or a `[section]` header, found `=`",
-    );
+    err_at("= 3", "1:1", "expected a key or a `[section]` header, found `=`");
     err_at("ring-order = 1", "1:5", "unexpected `-` in key `ring`");
     err_at("ring. = 1", "1:6", "expected a name after `.`");
     err_at("1guests = 1", "1:1", "expected a key");
@@ -170,11 +140,7 @@ fn syntax_bad_section_header() {
 
 #[test]
 fn broken_section_header_does_not_cascade() {
-    let d = err_at(
-        "[backend\nmax_grants = 3\nguests = 1\n",
-        "1:9",
-        "expected `]`",
-    );
+    let d = err_at("[backend\nmax_grants = 3\nguests = 1\n", "1:9", "expected `]`");
     assert_eq!(d.items.len(), 1, "{d}");
 }
 
@@ -191,11 +157,7 @@ fn key_with_a_broken_value_counts_as_set() {
     // ... and a second setting is still a duplicate.
     let d = errs_p("guests = (\nguests = 2\n", Profile::Linux);
     assert_eq!(d.items.len(), 2, "{d}");
-    assert!(
-        d.items[1]
-            .message
-            .contains("duplicate key `guests` (first set on line 1)")
-    );
+    assert!(d.items[1].message.contains("duplicate key `guests` (first set on line 1)"));
 }
 
 #[test]
@@ -205,20 +167,12 @@ fn syntax_fraction() {
 
 #[test]
 fn syntax_empty_hex() {
-    err_at(
-        "guests = 0x",
-        "1:12",
-        "expected hexadecimal digits after `0x`",
-    );
+    err_at("guests = 0x", "1:12", "expected hexadecimal digits after `0x`");
 }
 
 #[test]
 fn unknown_section() {
-    let d = err_at(
-        "[backnd]\nmax_grants = 3\n",
-        "1:2",
-        "unknown section `[backnd]`; did you mean `backend`?",
-    );
+    let d = err_at("[backnd]\nmax_grants = 3\n", "1:2", "unknown section `[backnd]`; did you mean `backend`?");
     // Lines in an unknown section are not reported again.
     assert_eq!(d.items.len(), 1, "{d}");
 }
@@ -227,22 +181,10 @@ fn unknown_section() {
 
 #[test]
 fn unknown_key_with_suggestion() {
-    err_at(
-        "ring.ordr = 1",
-        "1:1",
-        "unknown key `ring.ordr`; did you mean `ring.order`?",
-    );
+    err_at("ring.ordr = 1", "1:1", "unknown key `ring.ordr`; did you mean `ring.order`?");
     err_at("order = 1", "1:1", "did you mean `ring.order`?");
-    err_at(
-        "persistent = no",
-        "1:1",
-        "did you mean `frontend.persistent` or `backend.persistent`?",
-    );
-    err_at(
-        "[backend]\nmax_grant = 64",
-        "2:1",
-        "unknown key `backend.max_grant`; did you mean `backend.max_grants`?",
-    );
+    err_at("persistent = no", "1:1", "did you mean `frontend.persistent` or `backend.persistent`?");
+    err_at("[backend]\nmax_grant = 64", "2:1", "unknown key `backend.max_grant`; did you mean `backend.max_grants`?");
 }
 
 #[test]
@@ -253,37 +195,21 @@ fn unknown_key_without_suggestion() {
 
 #[test]
 fn top_level_key_inside_section() {
-    let d = err_at(
-        "[backend]\nguests = 2",
-        "2:1",
-        "unknown key `backend.guests`",
-    );
+    let d = err_at("[backend]\nguests = 2", "2:1", "unknown key `backend.guests`");
     assert!(d.items[0].notes[0].contains("set it before the first section header"));
-    let d = err_at(
-        "[ring]\nring.order = 2",
-        "2:1",
-        "unknown key `ring.ring.order`",
-    );
+    let d = err_at("[ring]\nring.order = 2", "2:1", "unknown key `ring.ring.order`");
     assert!(d.items[0].notes[0].contains("write `order` there"), "{d}");
 }
 
 #[test]
 fn unknown_name_in_expression() {
-    err_at(
-        "guests = gusts",
-        "1:10",
-        "unknown name `gusts`; did you mean `guests`?",
-    );
+    err_at("guests = gusts", "1:10", "unknown name `gusts`; did you mean `guests`?");
     err_at("guests = 1 + slots", "1:14", "did you mean `ring.slots`?");
 }
 
 #[test]
 fn duplicate_key_names_first_line() {
-    err_at(
-        "guests = 1\n\nguests = 2",
-        "3:1",
-        "duplicate key `guests` (first set on line 1)",
-    );
+    err_at("guests = 1\n\nguests = 2", "3:1", "duplicate key `guests` (first set on line 1)");
     err_at(
         "backend.max_grants = 1\n[backend]\n  max_grants = 2",
         "3:3",
@@ -293,17 +219,9 @@ fn duplicate_key_names_first_line() {
 
 #[test]
 fn derived_key_assignment() {
-    let d = err_at(
-        "ring.slots = 64",
-        "1:1",
-        "`ring.slots` is derived and cannot be set",
-    );
+    let d = err_at("ring.slots = 64", "1:1", "`ring.slots` is derived and cannot be set");
     assert_eq!(d.items[0].notes, ["it is computed as `32 << ring.order`"]);
-    err_at(
-        "[request]\n  indirect_pages = 1",
-        "2:3",
-        "`request.indirect_pages` is derived and cannot be set",
-    );
+    err_at("[request]\n  indirect_pages = 1", "2:3", "`request.indirect_pages` is derived and cannot be set");
     err_at("ring.pages = 1", "1:1", "`ring.pages` is derived");
 }
 
@@ -311,11 +229,7 @@ fn derived_key_assignment() {
 
 #[test]
 fn out_of_range() {
-    err_at(
-        "guests = 0",
-        "1:10",
-        "`guests` = 0 is out of range (allowed: 1..=1024)",
-    );
+    err_at("guests = 0", "1:10", "`guests` = 0 is out of range (allowed: 1..=1024)");
     err_at("guests = 1025", "1:10", "allowed: 1..=1024");
     err_at("ring.order = 5", "1:14", "`ring.order` = 5 is out of range");
     err_at("ring.queues = 17", "1:15", "allowed: 1..=16");
@@ -323,30 +237,14 @@ fn out_of_range() {
     err_at("request.max_segments = 4097", "1:24", "allowed: 11..=4096");
     err_at("frontend.pool_grants = 65537", "1:24", "allowed: 0..=65536");
     err_at("backend.max_grants = 65537", "1:22", "allowed: 0..=65536");
-    err_at(
-        "backend.total_grants = 16 MiB + 1",
-        "1:24",
-        "allowed: 0..=16777216",
-    );
-    err_at(
-        "backend.grant_idle_secs = 86401",
-        "1:27",
-        "allowed: 0..=86400",
-    );
-    err_at(
-        "backend.max_indirect_segments = 16",
-        "1:33",
-        "allowed: 0 or 17..=4096",
-    );
+    err_at("backend.total_grants = 16 MiB + 1", "1:24", "allowed: 0..=16777216");
+    err_at("backend.grant_idle_secs = 86401", "1:27", "allowed: 0..=86400");
+    err_at("backend.max_indirect_segments = 16", "1:33", "allowed: 0 or 17..=4096");
 }
 
 #[test]
 fn negative_for_unsigned_key() {
-    err_at(
-        "guests = 2 - 3",
-        "1:10",
-        "`guests` must not be negative (the value is -1)",
-    );
+    err_at("guests = 2 - 3", "1:10", "`guests` must not be negative (the value is -1)");
     err_at("backend.max_grants = -1", "1:22", "must not be negative");
 }
 
@@ -358,18 +256,8 @@ fn default_out_of_range_points_at_the_key_it_depends_on() {
         "2:24",
         "`frontend.pool_grants` = 2101248 (its default, `ring.slots * (request.max_segments + request.indirect_pages)`) is out of range",
     );
-    assert!(
-        d.items[0]
-            .notes
-            .iter()
-            .any(|n| n.contains("set `frontend.pool_grants` explicitly")),
-        "{d}"
-    );
-    err_at(
-        "guests = 1024\nring.queues = 16\n",
-        "2:15",
-        "`backend.total_grants` = 17301504 (its default",
-    );
+    assert!(d.items[0].notes.iter().any(|n| n.contains("set `frontend.pool_grants` explicitly")), "{d}");
+    err_at("guests = 1024\nring.queues = 16\n", "2:15", "`backend.total_grants` = 17301504 (its default");
 }
 
 #[test]
@@ -393,11 +281,7 @@ fn netbsd_profile_violations() {
 
 #[test]
 fn pool_smaller_than_one_request() {
-    err_at(
-        "frontend.pool_grants = 10",
-        "1:24",
-        "pool smaller than one full request (needs at least 11 grants)",
-    );
+    err_at("frontend.pool_grants = 10", "1:24", "pool smaller than one full request (needs at least 11 grants)");
     err_at(
         "request.max_segments = 600\nfrontend.pool_grants = 601",
         "2:24",
@@ -409,21 +293,9 @@ fn pool_smaller_than_one_request() {
 
 #[test]
 fn overflow() {
-    err_at(
-        "guests = 0xFFFF_FFFF_FFFF_FFFF * 0xFFFF_FFFF_FFFF_FFFF",
-        "1:32",
-        "arithmetic overflow",
-    );
-    err_at(
-        "guests = 1 + 0xFFFF_FFFF_FFFF_FFFF GiB * 0xFFFF_FFFF_FFFF_FFFF GiB",
-        "1:40",
-        "arithmetic overflow",
-    );
-    err_at(
-        "guests = 18446744073709551616",
-        "1:10",
-        "integer literal does not fit in 64 bits",
-    );
+    err_at("guests = 0xFFFF_FFFF_FFFF_FFFF * 0xFFFF_FFFF_FFFF_FFFF", "1:32", "arithmetic overflow");
+    err_at("guests = 1 + 0xFFFF_FFFF_FFFF_FFFF GiB * 0xFFFF_FFFF_FFFF_FFFF GiB", "1:40", "arithmetic overflow");
+    err_at("guests = 18446744073709551616", "1:10", "integer literal does not fit in 64 bits");
 }
 
 #[test]
@@ -440,16 +312,8 @@ fn absurd_nesting_never_overflows_the_stack() {
         .stack_size(1024 * 1024)
         .spawn(|| {
             let deep = |open: &str, n: usize| format!("guests = {}1", open.repeat(n));
-            err_at(
-                &deep("(", 1000),
-                &format!("1:{}", 10 + crate::MAX_DEPTH),
-                "expression nested too deeply",
-            );
-            err_at(
-                &deep("-", 1000),
-                &format!("1:{}", 10 + crate::MAX_DEPTH),
-                "expression nested too deeply",
-            );
+            err_at(&deep("(", 1000), &format!("1:{}", 10 + crate::MAX_DEPTH), "expression nested too deeply");
+            err_at(&deep("-", 1000), &format!("1:{}", 10 + crate::MAX_DEPTH), "expression nested too deeply");
             // Parentheses and minus signs count together: the 33rd is the
             // `(` of the 17th "( -".
             err_at(&deep("( -", 1000), "1:58", "nested too deeply");
@@ -484,21 +348,9 @@ fn long_flat_expression_is_fine_on_a_small_stack() {
 
 #[test]
 fn bool_in_arithmetic() {
-    err_at(
-        "guests = true + 1",
-        "1:10",
-        "type error: booleans cannot be used in arithmetic (`+`)",
-    );
-    err_at(
-        "guests = 2 * off",
-        "1:14",
-        "booleans cannot be used in arithmetic (`*`)",
-    );
-    err_at(
-        "guests = -yes",
-        "1:11",
-        "booleans cannot be used in arithmetic",
-    );
+    err_at("guests = true + 1", "1:10", "type error: booleans cannot be used in arithmetic (`+`)");
+    err_at("guests = 2 * off", "1:14", "booleans cannot be used in arithmetic (`*`)");
+    err_at("guests = -yes", "1:11", "booleans cannot be used in arithmetic");
     err_at(
         "frontend.persistent = no\nguests = frontend.persistent + 1",
         "2:10",
@@ -508,16 +360,8 @@ fn bool_in_arithmetic() {
 
 #[test]
 fn value_of_the_wrong_type() {
-    err_at(
-        "guests = yes",
-        "1:10",
-        "type error: `guests` is an integer, but the value is a boolean",
-    );
-    err_at(
-        "frontend.persistent = 1",
-        "1:23",
-        "type error: `frontend.persistent` is a boolean",
-    );
+    err_at("guests = yes", "1:10", "type error: `guests` is an integer, but the value is a boolean");
+    err_at("frontend.persistent = 1", "1:23", "type error: `frontend.persistent` is a boolean");
 }
 
 #[test]
@@ -534,11 +378,7 @@ fn bad_size_suffix() {
 #[test]
 fn line_too_long() {
     let src = format!("guests = 1\n#{}\n", "x".repeat(5000));
-    err_at(
-        &src,
-        "2:4097",
-        "line too long: 5001 bytes (the limit is 4096)",
-    );
+    err_at(&src, "2:4097", "line too long: 5001 bytes (the limit is 4096)");
     // A line of exactly the limit is fine.
     let src = format!("guests = 1 #{}", "x".repeat(crate::MAX_LINE_LEN - 12));
     assert_eq!(src.len(), crate::MAX_LINE_LEN);
@@ -556,11 +396,8 @@ fn file_too_large() {
 
 #[test]
 fn used_before_set() {
-    let d = err_at(
-        "backend.max_grants = guests * 2\nguests = 3",
-        "1:22",
-        "`guests` is used before it is set (on line 2)",
-    );
+    let d =
+        err_at("backend.max_grants = guests * 2\nguests = 3", "1:22", "`guests` is used before it is set (on line 2)");
     assert!(d.items[0].notes[0].contains("final value"));
     // Through a default that depends on a key set later.
     let d = err_at(
@@ -568,29 +405,15 @@ fn used_before_set() {
         "1:22",
         "`request.max_segments` is used before it is set (on line 2)",
     );
-    assert!(
-        d.items[0]
-            .notes
-            .iter()
-            .any(|n| n.contains("`frontend.pool_grants` is not set in this file")),
-        "{d}"
-    );
+    assert!(d.items[0].notes.iter().any(|n| n.contains("`frontend.pool_grants` is not set in this file")), "{d}");
     // Through a derived name.
     err_at(
         "backend.max_grants = ring.slots\nring.order = 1",
         "1:22",
         "`ring.order` is used before it is set (on line 2)",
     );
-    err_at(
-        "guests = guests",
-        "1:10",
-        "`guests` cannot be used in its own value",
-    );
-    err_at(
-        "[ring]\norder = 1 / order",
-        "2:13",
-        "`ring.order` cannot be used in its own value",
-    );
+    err_at("guests = guests", "1:10", "`guests` cannot be used in its own value");
+    err_at("[ring]\norder = 1 / order", "2:13", "`ring.order` cannot be used in its own value");
 }
 
 #[test]
@@ -604,25 +427,15 @@ fn invalid_utf8() {
 fn unreadable_file() {
     let d = crate::load(std::path::Path::new("/nonexistent/x.cfg"), Profile::Linux).unwrap_err();
     assert!(d.items[0].location.is_none());
-    assert!(
-        d.to_string()
-            .starts_with("/nonexistent/x.cfg: cannot read config file:"),
-        "{d}"
-    );
+    assert!(d.to_string().starts_with("/nonexistent/x.cfg: cannot read config file:"), "{d}");
 }
 
 #[test]
 fn errors_cascade_quietly() {
     // `guests` is invalid; reading it elsewhere adds no second error.
-    let d = errs_p(
-        "guests = 0\nbackend.max_grants = guests * 10\n",
-        Profile::Linux,
-    );
+    let d = errs_p("guests = 0\nbackend.max_grants = guests * 10\n", Profile::Linux);
     assert_eq!(d.items.len(), 1, "{d}");
-    let d = errs_p(
-        "guests = nope\nbackend.max_grants = guests\n",
-        Profile::Linux,
-    );
+    let d = errs_p("guests = nope\nbackend.max_grants = guests\n", Profile::Linux);
     assert_eq!(d.items.len(), 1, "{d}");
 }
 
@@ -662,10 +475,7 @@ fn suffixes_and_number_forms() {
     assert_eq!(c.frontend_pool_grants, 1000);
     assert_eq!(c.ring_queues, 10);
     assert_eq!(c.guests, 1024);
-    assert_eq!(
-        ok("backend.total_grants = 16 MiB").backend_total_grants,
-        16 << 20
-    );
+    assert_eq!(ok("backend.total_grants = 16 MiB").backend_total_grants, 16 << 20);
 }
 
 #[test]
@@ -703,10 +513,7 @@ fn sections_and_relative_names() {
     assert_eq!(c.ring_order, 1);
     assert_eq!(c.frontend_pool_grants, 64 * 11);
     assert!(c.frontend_persistent);
-    assert_eq!(
-        c.source("backend.max_grants"),
-        Some(Source::File { line: 3 })
-    );
+    assert_eq!(c.source("backend.max_grants"), Some(Source::File { line: 3 }));
     assert_eq!(c.source("guests"), Some(Source::File { line: 1 }));
     assert_eq!(c.source("ring.queues"), Some(Source::Default));
 }
@@ -745,25 +552,14 @@ fn defaults_follow_final_values_of_other_keys() {
     let c = ok("backend.max_grants = 100\nguests = 3\n");
     assert_eq!(c.backend_total_grants, 300);
     // A default read in an expression is the same final value.
-    let c =
-        ok("guests = 2\nbackend.max_grants = 10\nbackend.grant_idle_secs = backend.total_grants");
+    let c = ok("guests = 2\nbackend.max_grants = 10\nbackend.grant_idle_secs = backend.total_grants");
     assert_eq!(c.backend_grant_idle_secs, 20);
 }
 
 #[test]
 fn booleans_and_bool_references() {
-    for (w, v) in [
-        ("true", true),
-        ("false", false),
-        ("yes", true),
-        ("no", false),
-        ("on", true),
-        ("off", false),
-    ] {
-        assert_eq!(
-            ok(&format!("frontend.persistent = {w}")).frontend_persistent,
-            v
-        );
+    for (w, v) in [("true", true), ("false", false), ("yes", true), ("no", false), ("on", true), ("off", false)] {
+        assert_eq!(ok(&format!("frontend.persistent = {w}")).frontend_persistent, v);
     }
     let c = ok("frontend.persistent = off\nbackend.persistent = frontend.persistent");
     assert!(!c.backend_persistent);
@@ -771,8 +567,7 @@ fn booleans_and_bool_references() {
 
 #[test]
 fn comments_blank_lines_crlf_and_tabs() {
-    let c =
-        ok("# a comment\r\n\r\n\tguests\t=\t2\t# trailing\r\n   \r\n[ring] # c\r\norder = 1#x\r\n");
+    let c = ok("# a comment\r\n\r\n\tguests\t=\t2\t# trailing\r\n   \r\n[ring] # c\r\norder = 1#x\r\n");
     assert_eq!(c.guests, 2);
     assert_eq!(c.ring_order, 1);
     assert_eq!(c.source("ring.order"), Some(Source::File { line: 6 }));
@@ -780,10 +575,7 @@ fn comments_blank_lines_crlf_and_tabs() {
 
 #[test]
 fn netbsd_accepts_single_page_single_queue() {
-    let c = ok_p(
-        "ring.order = 0\nring.queues = 1\nbackend.max_indirect_segments = 17",
-        Profile::Netbsd,
-    );
+    let c = ok_p("ring.order = 0\nring.queues = 1\nbackend.max_indirect_segments = 17", Profile::Netbsd);
     assert_eq!(c.profile, Profile::Netbsd);
     assert_eq!(c.backend_max_indirect_segments, 17);
 }
@@ -826,10 +618,7 @@ fn generated_rust() {
         "/// Value: the default.\npub const RING_ORDER",
         "/// Value: the default, `guests * ring.queues * backend.max_grants`.\npub const BACKEND_TOTAL_GRANTS",
         "/// Derived: `32 << ring.order`.\npub const RING_SLOTS",
-        &format!(
-            "pub const STATIC_FOOTPRINT_BYTES: usize = {};",
-            c.static_footprint_bytes()
-        ),
+        &format!("pub const STATIC_FOOTPRINT_BYTES: usize = {};", c.static_footprint_bytes()),
     ] {
         assert!(rs.contains(want), "missing {want:?} in:\n{rs}");
     }
@@ -863,12 +652,7 @@ fn table_defaults_are_valid_and_named_consistently() {
     use crate::keys::{DERIVED, KEYS};
     for k in KEYS {
         crate::syntax::expression(k.default).expect(k.name);
-        assert_eq!(
-            k.const_name.to_ascii_uppercase(),
-            k.const_name,
-            "{}",
-            k.name
-        );
+        assert_eq!(k.const_name.to_ascii_uppercase(), k.const_name, "{}", k.name);
         assert!(k.kind == crate::keys::Kind::Bool || !k.allowed.is_empty());
     }
     for d in DERIVED {
@@ -892,22 +676,14 @@ fn shipped_configs() {
         let (n, src) = shipped(name);
         parse_str(&n, &src, p).unwrap_or_else(|d| panic!("{d}"))
     };
-    for name in [
-        "default.cfg",
-        "guests-15.cfg",
-        "netbsd.cfg",
-        "embedded-small.cfg",
-    ] {
+    for name in ["default.cfg", "guests-15.cfg", "netbsd.cfg", "embedded-small.cfg"] {
         load(name, Profile::Linux);
     }
     for name in ["default.cfg", "netbsd.cfg"] {
         load(name, Profile::Netbsd);
     }
     let d = load("default.cfg", Profile::Linux);
-    assert_eq!(
-        (d.guests, d.ring_pages, d.frontend_pool_grants),
-        (1, 1, 352)
-    );
+    assert_eq!((d.guests, d.ring_pages, d.frontend_pool_grants), (1, 1, 352));
     let g = load("guests-15.cfg", Profile::Linux);
     assert_eq!(g.guests, 15);
     assert_eq!(g.ring_pages, 1);
@@ -937,10 +713,7 @@ fn reference_md_is_up_to_date() {
 
 /// Rounds per fuzz test: `XENBLK_CONFIG_FUZZ_ROUNDS` or `default`.
 fn fuzz_rounds(default: usize) -> usize {
-    std::env::var("XENBLK_CONFIG_FUZZ_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var("XENBLK_CONFIG_FUZZ_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// xorshift64*: enough randomness for a no-panic loop, no dependencies.
@@ -1037,10 +810,7 @@ fn random_token_soup_never_panics() {
                 Err(d) => {
                     assert!(!d.items.is_empty());
                     // Every error says something specific.
-                    assert!(
-                        d.items.iter().all(|i| i.message != "syntax error"),
-                        "generic error for {src:?}:\n{d}"
-                    );
+                    assert!(d.items.iter().all(|i| i.message != "syntax error"), "generic error for {src:?}:\n{d}");
                     let _ = d.to_string();
                 }
             }

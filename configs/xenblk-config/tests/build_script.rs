@@ -16,10 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -118,12 +115,7 @@ fn write_if_changed(p: &Path, s: &str) {
 
 #[track_caller]
 fn ok_run(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "cargo failed:\nstdout:\n{}\nstderr:\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
+    assert!(o.status.success(), "cargo failed:\nstdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
     text(&o.stdout)
 }
 
@@ -134,34 +126,15 @@ fn xenblk_build_script() {
 
     // The shipped configs generate code that compiles, and the values land.
     for (file, netbsd, want) in [
-        (
-            "default.cfg",
-            false,
-            "linux guests=1 order=0 slots=32 pool=352 total=1056",
-        ),
-        (
-            "default.cfg",
-            true,
-            "netbsd guests=1 order=0 slots=32 pool=352 total=1056",
-        ),
-        (
-            "guests-15.cfg",
-            false,
-            "linux guests=15 order=0 slots=32 pool=352 total=5280",
-        ),
+        ("default.cfg", false, "linux guests=1 order=0 slots=32 pool=352 total=1056"),
+        ("default.cfg", true, "netbsd guests=1 order=0 slots=32 pool=352 total=1056"),
+        ("guests-15.cfg", false, "linux guests=15 order=0 slots=32 pool=352 total=5280"),
         ("netbsd.cfg", true, "netbsd guests=1 order=0"),
-        (
-            "embedded-small.cfg",
-            false,
-            "linux guests=1 order=0 slots=32 pool=11 total=11",
-        ),
+        ("embedded-small.cfg", false, "linux guests=1 order=0 slots=32 pool=11 total=11"),
     ] {
         let abs = ws.join("configs").join(file);
         let out = ok_run(&s.cargo("run", Some(abs.to_str().unwrap()), netbsd));
-        assert!(
-            out.starts_with(&format!("{} {want}", abs.display())),
-            "{file}: {out}"
-        );
+        assert!(out.starts_with(&format!("{} {want}", abs.display())), "{file}: {out}");
     }
 
     // A bad config fails the build with the located message.
@@ -170,14 +143,9 @@ fn xenblk_build_script() {
     let o = s.cargo("build", Some(bad.to_str().unwrap()), false);
     assert!(!o.status.success());
     let err = text(&o.stderr);
-    let headline = format!(
-        "{}:3:1: unknown key `backend.max_grant`; did you mean `backend.max_grants`?",
-        bad.display()
-    );
-    assert!(
-        err.contains(&format!("error: buildrs-check@0.0.0: {headline}")),
-        "{err}"
-    );
+    let headline =
+        format!("{}:3:1: unknown key `backend.max_grant`; did you mean `backend.max_grants`?", bad.display());
+    assert!(err.contains(&format!("error: buildrs-check@0.0.0: {headline}")), "{err}");
     // ... and the source line with its caret.
     assert!(err.contains("    max_grant = 3\n      ^"), "{err}");
 
@@ -187,26 +155,15 @@ fn xenblk_build_script() {
     let o = s.cargo("build", Some("configs/order1.cfg"), true);
     let err = text(&o.stderr);
     assert!(!o.status.success());
-    assert!(
-        err.contains(
-            "configs/order1.cfg:1:14: `ring.order` = 1 is not allowed with profile netbsd"
-        ),
-        "{err}"
-    );
+    assert!(err.contains("configs/order1.cfg:1:14: `ring.order` = 1 is not allowed with profile netbsd"), "{err}");
     // A relative path is relative to the package root (not the cwd).
     let out = ok_run(&s.cargo("run", Some("configs/order1.cfg"), false));
-    assert!(
-        out.starts_with("configs/order1.cfg linux guests=1 order=1 slots=64"),
-        "{out}"
-    );
+    assert!(out.starts_with("configs/order1.cfg linux guests=1 order=1 slots=64"), "{out}");
 
     // Without XENBLK_CONFIG: configs/default.cfg of the package.
     write_if_changed(&s.dir.join("configs/default.cfg"), "guests = 3\n");
     let out = ok_run(&s.cargo("run", None, false));
-    assert!(
-        out.starts_with("configs/default.cfg linux guests=3"),
-        "{out}"
-    );
+    assert!(out.starts_with("configs/default.cfg linux guests=3"), "{out}");
 
     // Editing the config file re-runs the build script.
     let edit = s.dir.join("configs/edit.cfg");

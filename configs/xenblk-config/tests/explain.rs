@@ -15,11 +15,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run xenblk-config")
+    Command::new(BIN).args(args).current_dir(dir).output().expect("run xenblk-config")
 }
 
 fn text(b: &[u8]) -> String {
@@ -28,13 +24,7 @@ fn text(b: &[u8]) -> String {
 
 #[track_caller]
 fn assert_exit(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
+    assert_eq!(o.status.code(), Some(code), "stdout:\n{}\nstderr:\n{}", text(&o.stdout), text(&o.stderr));
 }
 
 fn bad_file(name: &str, src: &str) -> PathBuf {
@@ -114,10 +104,7 @@ fn explain_netbsd_profile_violation_exits_1() {
         )),
         "{err}"
     );
-    assert!(
-        err.contains(&format!("{f}:2:15: `ring.queues` = 2")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("{f}:2:15: `ring.queues` = 2")), "{err}");
     assert!(o.stdout.is_empty());
     // The same file is fine under linux.
     assert_exit(&run(&["explain", p.to_str().unwrap()]), 0);
@@ -139,22 +126,12 @@ fn explain_bad_config_prints_located_diagnostics() {
 
 #[test]
 fn explain_relative_path_is_relative_to_current_dir() {
-    let o = run_in(
-        &configs_dir().join("xenblk-config"),
-        &["explain", "../default.cfg"],
-    );
+    let o = run_in(&configs_dir().join("xenblk-config"), &["explain", "../default.cfg"]);
     assert_exit(&o, 0);
     assert!(text(&o.stdout).contains("config:  ../default.cfg"));
-    let o = run_in(
-        &configs_dir().join("xenblk-config"),
-        &["explain", "default.cfg"],
-    );
+    let o = run_in(&configs_dir().join("xenblk-config"), &["explain", "default.cfg"]);
     assert_exit(&o, 1);
-    assert!(
-        text(&o.stderr).starts_with("default.cfg: cannot read config file:"),
-        "{}",
-        text(&o.stderr)
-    );
+    assert!(text(&o.stderr).starts_with("default.cfg: cannot read config file:"), "{}", text(&o.stderr));
 }
 
 #[test]
@@ -172,10 +149,7 @@ fn usage_errors_exit_2() {
         let o = run(args);
         assert_exit(&o, 2);
         let err = text(&o.stderr);
-        assert!(
-            err.contains("usage: xenblk-config explain FILE"),
-            "{args:?}: {err}"
-        );
+        assert!(err.contains("usage: xenblk-config explain FILE"), "{args:?}: {err}");
         assert!(o.stdout.is_empty(), "{args:?}");
     }
     let o = run(&["help"]);

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The test command: formatting, clippy, every supported feature combination, the workspace
+# tests (sim board, config language, the Xen-header interop proof), the logging backends, the
+# freestanding no_std link, and the config tools.
+#
+#     bash tests/run.sh
+#
+# Installs nothing (.ci/run does that on a clean machine; tests/xen_headers.rs installs the
+# Xen headers itself when it can). Every step runs even if an earlier one failed; the last line
+# is `N passed, M failed` and the exit status is non-zero if any step failed. All steps share
+# the workspace's target directory.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+
+passed=0
+failed=0
+failures=()
+step_no=0
+start_all=$SECONDS
+
+# run_step NAME COMMAND...: runs COMMAND in a subshell with `set -e` in force.
+run_step() {
+    local name=$1
+    shift
+    step_no=$((step_no + 1))
+    local t0=$SECONDS rc
+    echo
+    echo "==> [$step_no] $name"
+    set +e
+    (
+        set -euo pipefail
+        "$@"
+    )
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ]; then
+        passed=$((passed + 1))
+        echo "<== [$step_no] ok: $name ($((SECONDS - t0)) s)"
+    else
+        failed=$((failed + 1))
+        failures+=("[$step_no] $name")
+        echo "<== [$step_no] FAILED (status $rc): $name ($((SECONDS - t0)) s)"
+    fi
+}
+
+fmt() { cargo fmt --all --check; }
+
+clippy_workspace() { cargo clippy --workspace --all-targets -- -D warnings; }
+
+# The feature matrix: one line of tests/features.txt. The tests run even when clippy
+# complains, so that one run reports both.
+combo() {
+    local features=$1 rc=0
+    cargo clippy -p xenblk --no-default-features --features "$features" --all-targets -- -D warnings || rc=1
+    cargo test -p xenblk --no-default-features --features "$features" || rc=1
+    return "$rc"
+}
+
+workspace_tests() { cargo test --workspace; }
+
+# The summary lines of the Xen-header proof (they are hidden in a normal test run).
+xen_headers_summary() {
+    local out
+    out=$(cargo test -q -p xenblk --test xen_headers -- --show-output 2>&1) || {
+        printf '%s\n' "$out"
+        return 1
+    }
+    printf '%s\n' "$out" | grep '^xen_headers '
+}
+
+logging() {
+    DEFMT_LOG=trace cargo check -p xenblk --features defmt
+    DEFMT_LOG=trace cargo check -p xenblk --no-default-features --features frontend,pool-static,ring-linux,defmt
+    cargo check -p xenblk --features log
+    cargo check -p xenblk --features embedded-sdmmc
+}
+
+nostd() { bash boards/nostd-check/check.sh; }
+
+# The FAT volume test needs the optional embedded-sdmmc feature and mkfs.vfat.
+fat() { cargo test -p xenblk --features embedded-sdmmc --test fat; }
+
+# Every wrong feature combination fails with a compile_error! saying what to choose.
+bad_features() {
+    local features want out
+    while IFS='|' read -r features want; do
+        if out=$(cargo check -q -p xenblk --no-default-features --features "$features" 2>&1); then
+            echo "features '$features' were accepted" >&2
+            return 1
+        fi
+        if ! printf '%s\n' "$out" | grep -qF "$want"; then
+            printf '%s\n' "$out" >&2
+            echo "features '$features' did not fail with: $want" >&2
+            return 1
+        fi
+        echo "features '$features': $want"
+    done <<'EOF_LIST'
+pool-static,ring-linux|choose at least one role
+frontend,ring-linux|choose a persistent-grant pool
+frontend,pool-static,pool-dynamic,ring-linux|`pool-static` and `pool-dynamic` are mutually exclusive
+frontend,pool-static|choose a ring profile
+frontend,pool-static,ring-linux,ring-netbsd|`ring-linux` and `ring-netbsd` are mutually exclusive
+frontend,pool-static,ring-linux,defmt,log|`defmt` and `log` are mutually exclusive
+EOF_LIST
+}
+
+config_explain() {
+    local cfg profile
+    for cfg in configs/*.cfg; do
+        for profile in linux netbsd; do
+            echo "explain $cfg --profile $profile"
+            cargo run -q -p xenblk-config -- explain "$cfg" --profile "$profile" >/dev/null
+        done
+    done
+}
+
+# A malformed config must fail the build with a FILE:LINE:COL diagnostic.
+config_bad() {
+    local dir="$root/target/tmp/run-sh"
+    mkdir -p "$dir"
+    printf '# A deliberately malformed config (tests/run.sh).\n\nring.order = banana\n' >"$dir/bad.cfg"
+    local out
+    if out=$(XENBLK_CONFIG="$dir/bad.cfg" cargo build -p xenblk 2>&1); then
+        echo "the build accepted a malformed config" >&2
+        return 1
+    fi
+    if ! printf '%s\n' "$out" | grep -F 'bad.cfg:3:14:'; then
+        printf '%s\n' "$out" >&2
+        echo "the failed build does not point at bad.cfg:3:14:" >&2
+        return 1
+    fi
+}
+
+run_step "cargo fmt --all --check" fmt
+run_step "cargo clippy --workspace --all-targets -- -D warnings" clippy_workspace
+while IFS= read -r line; do
+    line=${line%%#*}
+    line=${line//[[:space:]]/}
+    [ -n "$line" ] || continue
+    run_step "features $line: clippy + test" combo "$line"
+done <tests/features.txt
+run_step "cargo test --workspace" workspace_tests
+run_step "Xen-header proof summary" xen_headers_summary
+run_step "logging backends and extras (defmt, log, embedded-sdmmc)" logging
+run_step "FAT volume through the frontend (embedded-sdmmc)" fat
+run_step "wrong feature combinations fail with compile_error!" bad_features
+run_step "freestanding no_std link (boards/nostd-check/check.sh)" nostd
+run_step "config explain (every config, both profiles)" config_explain
+run_step "malformed config fails the build with FILE:LINE:COL" config_bad
+
+echo
+echo "total time: $((SECONDS - start_all)) s"
+for f in "${failures[@]}"; do
+    echo "failed: $f"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
