@@ -158,6 +158,9 @@ struct Conn {
     neg: BackNegotiated,
 }
 
+/// Responses published per push while a batch of requests is served.
+const RESPONSE_PUSH_BATCH: usize = 8;
+
 /// A blkif backend for one vbd.
 pub struct Backend<S: Storage> {
     cfg: BackendConfig,
@@ -584,8 +587,10 @@ impl<S: Storage> Backend<S> {
                     c.ring.put_response(&rsp);
                 }
                 done += 1;
-                // Publish in batches so the frontend can overlap.
-                if done % 32 == 0 {
+                // Publish in batches of a quarter ring so the frontend can complete and
+                // refill while the rest is served (a whole-ring batch would run the two
+                // sides in lock-step: each waiting for the other's full batch).
+                if done % RESPONSE_PUSH_BATCH == 0 {
                     self.push(plat);
                 }
             }

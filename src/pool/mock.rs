@@ -6,7 +6,7 @@ use std::vec;
 use std::vec::Vec;
 
 use crate::platform::*;
-use crate::proto::grant::{DomId, GTF_READING, GTF_WRITING, GntStatus, GrantRef, GrantTableV1, RevokeError};
+use crate::proto::grant::{DomId, GntStatus, GrantRef, GrantTableV1, RevokeError};
 use crate::proto::shmem::SharedMem;
 
 pub struct Mock {
@@ -33,6 +33,7 @@ impl Mock {
     /// Plays the backend: marks `g` mapped (or not).
     #[cfg(feature = "frontend")]
     pub fn set_mapped(&self, g: GrantRef, on: bool) {
+        use crate::proto::grant::{GTF_READING, GTF_WRITING};
         let off = g.0 as usize * 8;
         if on {
             self.table.memory().fetch_or_u16(off, GTF_READING | GTF_WRITING);
