@@ -678,7 +678,7 @@ impl<S: Storage> Backend<S> {
                 }
                 bp.mem.read_bytes(0, &mut self.indirect_buf[..count * 8]);
             } else {
-                let (map, slot, transient) = self.acquire(plat, gref, !persistent).map_err(|_| ())?;
+                let (map, slot, transient) = self.acquire(plat, gref, false).map_err(|_| ())?;
                 map.mem.read_bytes(0, &mut self.indirect_buf[..count * 8]);
                 self.release(plat, map, slot, transient);
             }
@@ -702,31 +702,53 @@ impl<S: Storage> Backend<S> {
 
     /// Gets a mapping for one grant: from the cache, or freshly mapped (and cached when
     /// persistence allows). Returns (mapping, cache slot, transient).
+    /// Gets a mapping for one grant: from the cache, or freshly mapped (and cached when
+    /// persistence allows). `need_write` says whether we will write into the page. Returns
+    /// (mapping, cache slot, transient).
     fn acquire<P: BackendPlatform>(
         &mut self,
         plat: &mut P,
         gref: GrantRef,
-        readonly: bool,
+        need_write: bool,
     ) -> Result<(Mapping, Option<Slot>, bool), GntStatus> {
         let persistent = self.persistent();
         if persistent && let Some((slot, map)) = self.cache.get(gref, self.now_ms) {
             return Ok((map, Some(slot), false));
         }
-        let mut out = [Err(GntStatus::GeneralError)];
         // Persistent mappings are always read-write (a page written now may be read into later).
-        plat.map_batch(self.front_id, &[MapRequest { gref, readonly: readonly && !persistent }], &mut out);
-        let map = match out[0] {
+        let map = match self.map_one(plat, gref, !need_write && !persistent) {
             Ok(m) => m,
-            Err(e) => {
-                self.stats.map_failures += 1;
-                return Err(e);
+            // A frontend that grants read-only pages we only read (NetBSD's habit for write
+            // data and indirect pages) cannot be kept persistently: map it for this use.
+            Err(GntStatus::PermissionDenied) if persistent && !need_write => {
+                return self.map_one(plat, gref, true).map(|m| (m, None, true));
             }
+            Err(e) => return Err(e),
         };
-        self.stats.maps += 1;
         if persistent && let Some(slot) = self.cache.insert(gref, map, self.now_ms, self.cfg.budget) {
             return Ok((map, Some(slot), false));
         }
         Ok((map, None, true))
+    }
+
+    fn map_one<P: BackendPlatform>(
+        &mut self,
+        plat: &mut P,
+        gref: GrantRef,
+        readonly: bool,
+    ) -> Result<Mapping, GntStatus> {
+        let mut out = [Err(GntStatus::GeneralError)];
+        plat.map_batch(self.front_id, &[MapRequest { gref, readonly }], &mut out);
+        match out[0] {
+            Ok(m) => {
+                self.stats.maps += 1;
+                Ok(m)
+            }
+            Err(e) => {
+                self.stats.map_failures += 1;
+                Err(e)
+            }
+        }
     }
 
     fn release<P: BackendPlatform>(&mut self, plat: &mut P, map: Mapping, slot: Option<Slot>, transient: bool) {
@@ -825,6 +847,27 @@ impl<S: Storage> Backend<S> {
                         {
                             e.slot = Some(slot);
                             e.transient = false;
+                        }
+                    }
+                    Err(GntStatus::PermissionDenied) if persistent && write => {
+                        // A read-only grant of write data (NetBSD's habit): usable for this
+                        // request, not persistently.
+                        self.stats.map_failures += 1;
+                        let mut one = [Err(GntStatus::GeneralError)];
+                        plat.map_batch(
+                            self.front_id,
+                            &[MapRequest { gref: GrantRef(e.seg.gref), readonly: true }],
+                            &mut one,
+                        );
+                        match one[0] {
+                            Ok(m) => {
+                                self.stats.maps += 1;
+                                e.map = Some(m);
+                            }
+                            Err(_) => {
+                                self.stats.map_failures += 1;
+                                ok = false;
+                            }
                         }
                     }
                     Err(_) => {
