@@ -659,7 +659,6 @@ impl<S: Storage> Backend<S> {
         if n > MAX_BACKEND_SEGMENTS {
             return Err(());
         }
-        let persistent = self.persistent();
         for (pi, &g) in pages.iter().enumerate() {
             let gref = GrantRef(g);
             let count = (n - pi * SEGMENTS_PER_INDIRECT_PAGE).min(SEGMENTS_PER_INDIRECT_PAGE);

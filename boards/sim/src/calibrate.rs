@@ -1,7 +1,8 @@
 //! Calibration: the physical costs the seed benchmark's limits are computed from, measured in
 //! the same run on the same machine (docs/perf-limits.md has the long-form study).
 //!
-//! Every figure is the median of `reps` timed loops (after one warm-up loop).
+//! Every figure is the median of `reps` timed loops (after one warm-up loop), except the
+//! cross-core copy, which is the minimum of `reps` such medians (see [`measure`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -241,7 +242,9 @@ pub fn measure(quick: bool, reps: usize) -> Calibration {
     let k = if quick { 10 } else { 1 };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     Calibration {
-        copy_4k_ns: med(reps, || copy_cross_core(2000 / k)),
+        // The cheapest of the repeats' medians: the figure is bimodal on this VM (~145 ns, or
+        // ~340-390 ns when the vCPUs are placed badly), and a bound takes the best case.
+        copy_4k_ns: (0..reps.max(1)).map(|_| med(1, || copy_cross_core(2000 / k))).fold(f64::MAX, f64::min),
         copy_4k_hot_ns: med(reps, || copy_hot(200_000 / k)),
         map_unmap_ns: med(reps, || map_unmap(2000 / k, false)),
         map_unmap_busy_ns: if cores > 1 { med(reps, || map_unmap(2000 / k, true)) } else { 0.0 },

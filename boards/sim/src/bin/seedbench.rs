@@ -187,7 +187,7 @@ fn main() -> ExitCode {
     }
     let cal = if o.calibrate {
         eprintln!("seedbench: calibrating ...");
-        calibrate::measure(false, 3)
+        calibrate::measure(false, 5)
     } else {
         Calibration {
             copy_4k_ns: 155.0,
