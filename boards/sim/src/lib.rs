@@ -28,6 +28,7 @@ extern crate self as xenblk_sim;
 
 #[cfg(all(feature = "frontend", feature = "backend"))]
 pub mod bench;
+#[cfg(all(feature = "frontend", feature = "backend"))]
 pub mod calibrate;
 mod dom;
 mod domain;

@@ -1,4 +1,5 @@
 //! The seed benchmark's engine moves correct amounts of I/O in every mode (no timing here).
+#![cfg(all(feature = "frontend", feature = "backend"))]
 
 use xenblk_sim::bench::{self, BenchConfig};
 use xenblk_sim::harness::{Mode, Workload};
