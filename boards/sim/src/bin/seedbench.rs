@@ -1,6 +1,6 @@
 //! `seedbench`: the 2012 seed's table (sum of 4 KiB IOPS over 1..15 guests against RAM
 //! disks, persistent grants against map/unmap), on the sim, with the limits measured in the
-//! same run. See boards/sim/BENCH.md.
+//! same run. See the README section "The seed benchmark".
 //!
 //! ```text
 //! seedbench [--guests 1,2,4,7,8,15] [--modes map,persistent,copy,zerocopy]
@@ -111,7 +111,7 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// 4 KiB copies the data makes per request on each path (see BENCH.md).
+/// 4 KiB copies the data makes per request on each path (see the README).
 fn copies(m: Mode) -> u32 {
     match m {
         // Frontend pool <-> caller, backend RamDisk <-> mapped page.
