@@ -1360,9 +1360,13 @@ fn with_pairing<R>(
             Box::new(CFront(p))
         }
         Impl::Rust => {
-            // FrontRing can only initialise a ring (at index 0); it has no FRONT_RING_ATTACH.
-            assert_eq!(start, 0, "FrontRing can only start at index 0");
-            Box::new(RustFront(FrontRing::init(mem, abi).expect("FrontRing::init")))
+            let ring = if start == 0 {
+                FrontRing::init(mem, abi).expect("FrontRing::init")
+            } else {
+                FrontRing::attach_at(mem, abi, start).expect("FrontRing::attach_at")
+            };
+            assert_eq!((ring.req_prod_pvt(), ring.rsp_cons(), ring.size()), (start, start, size), "FrontRing");
+            Box::new(RustFront(ring))
         }
     };
     let mut back: Box<dyn Back> = match back_impl {
@@ -1402,7 +1406,7 @@ fn interop(abi: Abi, bits: u32) {
     let mut commands = 0;
     let mut cases = 0;
     let pairings_at_zero = [(Impl::C, Impl::C), (Impl::C, Impl::Rust), (Impl::Rust, Impl::C), (Impl::Rust, Impl::Rust)];
-    let pairings_at_wrap = [(Impl::C, Impl::C), (Impl::C, Impl::Rust)];
+    let pairings_at_wrap = [(Impl::C, Impl::C), (Impl::C, Impl::Rust), (Impl::Rust, Impl::C), (Impl::Rust, Impl::Rust)];
     // (pages, seed, rounds): a single page with several seeds, then multi-page rings whose
     // entries straddle page boundaries.
     let plan = [(1, 1, 60), (1, 2, 60), (2, 3, 25), (4, 4, 12), (16, 5, 4)];
@@ -1439,7 +1443,7 @@ fn interop(abi: Abi, bits: u32) {
     assert!(stats.full > 0 && stats.wraps > 0);
     println!(
         "xen_headers interop {abi:?} (gcc -m{bits}): {cases} runs over 1/2/4/16-page rings, pairings C/C, C/Rust, Rust/C, \
-         Rust/Rust from index 0 and C/C, C/Rust from {WRAP_START:#x}; identical traces; {} requests and {} responses \
+         Rust/Rust, each from index 0 and from {WRAP_START:#x}; identical traces; {} requests and {} responses \
          exchanged, {} index wraps crossed, {} ring-full refusals, request pushes {} notify / {} silent, response pushes \
          {} notify / {} silent, final checks {} busy / {} idle; {commands} commands to the C peer",
         stats.requests,
@@ -1677,6 +1681,8 @@ fn interop_fixed_cases() {
             (0, Impl::Rust, Impl::Rust),
             (WRAP_START + 14, Impl::C, Impl::C),
             (WRAP_START + 14, Impl::C, Impl::Rust),
+            (WRAP_START + 14, Impl::Rust, Impl::C),
+            (WRAP_START + 14, Impl::Rust, Impl::Rust),
         ] {
             let (seq, _) = with_pairing(abi, bits, 1, start, fi, bi, |f, b, _, _| literal_notify_sequence(f, b));
             assert_eq!(
@@ -1689,7 +1695,7 @@ fn interop_fixed_cases() {
         let r = rejects(abi, bits);
         let h = hostile_indices(abi, bits);
         println!(
-            "xen_headers fixed cases {abi:?}: literal notify sequence in 6 pairings ({} decisions each), \
+            "xen_headers fixed cases {abi:?}: literal notify sequence in 8 pairings ({} decisions each), \
              {r} rejected/edge requests from Xen's macros judged by BackRing, {h} hostile-index checks",
             sequences[0].len()
         );
