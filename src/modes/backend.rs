@@ -852,21 +852,9 @@ impl<S: Storage> Backend<S> {
                         // A read-only grant of write data (NetBSD's habit): usable for this
                         // request, not persistently.
                         self.stats.map_failures += 1;
-                        let mut one = [Err(GntStatus::GeneralError)];
-                        plat.map_batch(
-                            self.front_id,
-                            &[MapRequest { gref: GrantRef(e.seg.gref), readonly: true }],
-                            &mut one,
-                        );
-                        match one[0] {
-                            Ok(m) => {
-                                self.stats.maps += 1;
-                                e.map = Some(m);
-                            }
-                            Err(_) => {
-                                self.stats.map_failures += 1;
-                                ok = false;
-                            }
+                        match self.map_one(plat, GrantRef(e.seg.gref), true) {
+                            Ok(m) => e.map = Some(m),
+                            Err(_) => ok = false,
                         }
                     }
                     Err(_) => {
