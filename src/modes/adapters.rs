@@ -200,6 +200,17 @@ mod sdmmc {
         }
     }
 
+    /// 512-byte logical sectors only, and the whole run inside the disk.
+    fn check_range(front: &Frontend, start: BlockIdx, n: usize) -> Result<(), DiskError> {
+        if front.negotiated().sector_size != 512 {
+            return Err(DiskError::Unsupported);
+        }
+        if start.0 as u64 + n as u64 > front.negotiated().sectors {
+            return Err(DiskError::OutOfRange);
+        }
+        Ok(())
+    }
+
     fn as_bytes_mut(blocks: &mut [Block]) -> impl Iterator<Item = &mut [u8; 512]> {
         blocks.iter_mut().map(|b| &mut b.contents)
     }
@@ -210,12 +221,7 @@ mod sdmmc {
         fn read(&self, blocks: &mut [Block], start: BlockIdx) -> Result<(), DiskError> {
             let mut g = self.inner.borrow_mut();
             let (front, plat) = &mut *g;
-            if front.negotiated().sector_size != 512 {
-                return Err(DiskError::Unsupported);
-            }
-            if start.0 as u64 + blocks.len() as u64 > front.negotiated().sectors {
-                return Err(DiskError::OutOfRange);
-            }
+            check_range(front, start, blocks.len())?;
             // One request per block run that fits: read into a private buffer.
             let mut buf = [0u8; 16 * 512];
             let mut sector = start.0 as u64;
@@ -243,12 +249,7 @@ mod sdmmc {
         fn write(&self, blocks: &[Block], start: BlockIdx) -> Result<(), DiskError> {
             let mut g = self.inner.borrow_mut();
             let (front, plat) = &mut *g;
-            if front.negotiated().sector_size != 512 {
-                return Err(DiskError::Unsupported);
-            }
-            if start.0 as u64 + blocks.len() as u64 > front.negotiated().sectors {
-                return Err(DiskError::OutOfRange);
-            }
+            check_range(front, start, blocks.len())?;
             let mut buf = [0u8; 16 * 512];
             for (k, run) in blocks.chunks(16).enumerate() {
                 for (i, b) in run.iter().enumerate() {

@@ -636,11 +636,11 @@ impl<S: Storage> Backend<S> {
                 for s in segs {
                     let _ = self.segs.push(*s);
                 }
-                self.serve_rw(plat, *op, r.sector, false)
+                self.serve_rw(plat, *op, r.sector)
             }
             ReqKind::Indirect { op, nr_segments, pages } => {
                 match self.load_indirect(plat, *nr_segments as usize, pages) {
-                    Ok(()) => self.serve_rw(plat, *op, r.sector, true),
+                    Ok(()) => self.serve_rw(plat, *op, r.sector),
                     Err(()) => RSP_ERROR,
                 }
             }
@@ -761,7 +761,7 @@ impl<S: Storage> Backend<S> {
         }
     }
 
-    fn serve_rw<P: BackendPlatform>(&mut self, plat: &mut P, op: RwOp, sector: u64, _indirect: bool) -> i16 {
+    fn serve_rw<P: BackendPlatform>(&mut self, plat: &mut P, op: RwOp, sector: u64) -> i16 {
         let info = self.storage.info();
         let write = op.is_write();
         let nsect: u64 = self.segs.iter().map(|s| s.sectors() as u64).sum();

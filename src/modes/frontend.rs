@@ -30,8 +30,8 @@ use crate::platform::{FrontendPlatform, Page, PlatformError, Port, Tx, Wait};
 use crate::pool::front::{FrontPool, PoolError};
 use crate::pool::ids::IdTable;
 use crate::proto::blkif::{
-    self, Abi, MAX_SEGMENTS_PER_REQUEST, OP_DISCARD, OP_INDIRECT, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY,
-    ReqKind, Request, RwOp, SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE, SegList, Segment,
+    self, MAX_SEGMENTS_PER_REQUEST, OP_DISCARD, OP_INDIRECT, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, ReqKind,
+    Request, RwOp, SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE, SegList, Segment,
 };
 use crate::proto::grant::{DomId, GrantRef, RevokeError};
 use crate::proto::ring::{FrontRing, PAGE_SIZE};
@@ -721,11 +721,7 @@ impl Frontend {
     /// Tears the ring down, keeping in-flight requests for re-issue.
     fn disconnect<P: FrontendPlatform>(&mut self, plat: &mut P) {
         // Every in-flight request goes back to the backlog; its grants are ended below.
-        let mut reissue: heapless::Vec<u16, { config::RING_SLOTS }> = heapless::Vec::new();
         for id in self.ids.iter() {
-            let _ = reissue.push(id);
-        }
-        for &id in &reissue {
             let Some(sh) = self.shadows[id as usize].as_mut() else { continue };
             if sh.issued {
                 sh.issued = false;
@@ -734,21 +730,25 @@ impl Frontend {
                 }
             }
         }
-        if let Some(r) = self.ring.take() {
-            plat.unbind(r.port);
-            let mut all_ended = true;
-            for &g in &r.grefs {
-                if plat.end_access(g) == Err(RevokeError::InUse) {
-                    all_ended = false;
-                }
-            }
-            if all_ended {
-                free_ring_mem(plat, r.mem, &r.frames);
-            }
-            // else: the backend still maps the ring; the pages are leaked, never reused.
-        }
+        self.drop_ring(plat);
         self.pool.release_all(plat);
         self.unpushed = false;
+    }
+
+    /// Unbinds the event channel and ends the ring's grants; the ring pages are freed only
+    /// if the backend no longer maps any of them (otherwise they are leaked, never reused).
+    fn drop_ring<P: FrontendPlatform>(&mut self, plat: &mut P) {
+        let Some(r) = self.ring.take() else { return };
+        plat.unbind(r.port);
+        let mut all_ended = true;
+        for &g in &r.grefs {
+            if plat.end_access(g) == Err(RevokeError::InUse) {
+                all_ended = false;
+            }
+        }
+        if all_ended {
+            free_ring_mem(plat, r.mem, &r.frames);
+        }
     }
 
     fn reissue<P: FrontendPlatform>(&mut self, plat: &mut P) {
@@ -773,18 +773,7 @@ impl Frontend {
         error!("xenblk front: device failed");
         self.phase = Phase::Failed(why);
         // Stop talking to the backend; pages it may still map are parked by the pool.
-        if let Some(r) = self.ring.take() {
-            plat.unbind(r.port);
-            let mut all_ended = true;
-            for &g in &r.grefs {
-                if plat.end_access(g) == Err(RevokeError::InUse) {
-                    all_ended = false;
-                }
-            }
-            if all_ended {
-                free_ring_mem(plat, r.mem, &r.frames);
-            }
-        }
+        self.drop_ring(plat);
         let _ = xs::write_state(plat, &self.dir, XenbusState::Closed);
     }
 
@@ -1130,17 +1119,14 @@ impl Frontend {
                     self.fail(plat, FailReason::BadResponseId);
                     return done + self.fail_all(plat, &mut f);
                 }
-                let expect = match sh.kind {
-                    ShadowKind::Discard { .. } => OP_DISCARD,
-                    ShadowKind::Rw(op) if (sh.bytes as usize).div_ceil(PAGE_SIZE) > MAX_SEGMENTS_PER_REQUEST => {
-                        let _ = op;
-                        OP_INDIRECT
-                    }
-                    ShadowKind::Rw(op) => op.code(),
+                // The header leaves it open whether an indirect request is answered with its
+                // inner op (Linux blkback, which Linux blkfront insists on) or with
+                // OP_INDIRECT: accept both.
+                let op_ok = match sh.kind {
+                    ShadowKind::Discard { .. } => rsp.op == OP_DISCARD,
+                    ShadowKind::Rw(op) => rsp.op == op.code() || (!sh.indirect.is_empty() && rsp.op == OP_INDIRECT),
                 };
-                // Linux backends echo the indirect op as INDIRECT; accept the inner op too.
-                let inner_ok = expect == OP_INDIRECT && matches!(sh.kind, ShadowKind::Rw(op) if op.code() == rsp.op);
-                if rsp.op != expect && !inner_ok {
+                if !op_ok {
                     self.fail(plat, FailReason::WrongOperation);
                     return done + self.fail_all(plat, &mut f);
                 }
@@ -1405,6 +1391,3 @@ fn pool_err(e: PoolError) -> SubmitError {
         PoolError::StillMapped => SubmitError::Failed,
     }
 }
-
-#[allow(dead_code)]
-const _ABI_USED: Abi = Abi::X86_64;
