@@ -68,8 +68,8 @@ pub struct PoolStats {
     pub grants: u64,
     /// Grants ended successfully.
     pub revokes: u64,
-    /// Completions that found the page still mapped by the backend (persistence at work).
-    pub kept_mapped: u64,
+    /// Pages returned with their grant kept (persistence at work).
+    pub kept_granted: u64,
     /// Pages currently parked because a revoke failed when it must not.
     pub parked: u64,
     /// Pages currently allocated.
@@ -205,7 +205,12 @@ impl FrontPool {
     }
 
     /// Returns a page after its request completed. `persistent` says whether persistence
-    /// was negotiated with the backend.
+    /// was negotiated with the backend: then the grant stays as it is (mapped by the backend
+    /// or not, the page only ever goes to this backend again until [`release_all`]) and the
+    /// page goes to the head of the free list without touching the grant table. Without
+    /// persistence the grant is ended, and a page the backend still maps is parked.
+    ///
+    /// [`release_all`]: Self::release_all
     pub fn put<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, persistent: bool) -> Result<(), PoolError> {
         let Some(e) = self.entries.get_mut(idx as usize) else { return Ok(()) };
         if !e.busy {
@@ -217,6 +222,11 @@ impl FrontPool {
             push_back(&mut self.free, idx);
             return Ok(());
         };
+        if persistent {
+            self.stats.kept_granted += 1;
+            push_front(&mut self.free, idx);
+            return Ok(());
+        }
         match plat.end_access(g) {
             Ok(()) => {
                 e.gref = None;
@@ -227,11 +237,6 @@ impl FrontPool {
             Err(RevokeError::NotGranted) => {
                 e.gref = None;
                 push_back(&mut self.free, idx);
-                Ok(())
-            }
-            Err(RevokeError::InUse) if persistent => {
-                self.stats.kept_mapped += 1;
-                push_front(&mut self.free, idx);
                 Ok(())
             }
             Err(RevokeError::InUse) => {
@@ -263,11 +268,15 @@ impl FrontPool {
     }
 
     /// Ends the grant of a page that stays handed out (a lent buffer after completion),
-    /// unless the backend keeps it persistently. `Err(StillMapped)` when the backend keeps
-    /// it without persistence.
+    /// unless persistence was negotiated (then the grant is kept, as in [`put`](Self::put)).
+    /// `Err(StillMapped)` when the backend keeps it mapped without persistence.
     pub fn settle<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, persistent: bool) -> Result<(), PoolError> {
         let Some(e) = self.entries.get_mut(idx as usize) else { return Ok(()) };
         let Some(g) = e.gref else { return Ok(()) };
+        if persistent {
+            self.stats.kept_granted += 1;
+            return Ok(());
+        }
         match plat.end_access(g) {
             Ok(()) => {
                 e.gref = None;
@@ -276,10 +285,6 @@ impl FrontPool {
             }
             Err(RevokeError::NotGranted) => {
                 e.gref = None;
-                Ok(())
-            }
-            Err(RevokeError::InUse) if persistent => {
-                self.stats.kept_mapped += 1;
                 Ok(())
             }
             Err(RevokeError::InUse) => Err(PoolError::StillMapped),
@@ -414,15 +419,21 @@ mod tests {
         let b = pool.get(&mut m, false).unwrap();
         let (ga, gb) = (pool.gref(a), pool.gref(b));
         assert!(pool.page(a).len() == 4096);
-        // Backend keeps `a` mapped persistently, not `b`.
+        // Backend keeps `a` mapped persistently, not `b`: with persistence both keep their
+        // grants and go to the head, last returned first; the grant table is not touched.
         m.set_mapped(ga, true);
         pool.put(&mut m, b, true).unwrap();
         pool.put(&mut m, a, true).unwrap();
         let st = pool.stats();
-        assert_eq!((st.kept_mapped, st.revokes), (1, 1));
-        // `a` went to the head still granted; `b` to the tail with its grant ended.
+        assert_eq!((st.kept_granted, st.revokes), (2, 0));
+        assert!(m.table.read(gb).is_some_and(|e| e.flags != 0), "persistent grant of b ended");
         let again = pool.get(&mut m, false).unwrap();
         assert_eq!((again, pool.gref(again)), (a, ga));
+        let b2 = pool.get(&mut m, false).unwrap();
+        assert_eq!((b2, pool.gref(b2)), (b, gb));
+        // Without persistence an unmapped page loses its grant and goes to the tail.
+        pool.put(&mut m, b2, false).unwrap();
+        assert_eq!(pool.stats().revokes, 1);
         assert!(m.table.read(gb).is_none_or(|e| e.flags == 0));
         // Without persistence a still-mapped page is parked, never handed out again.
         assert_eq!(pool.put(&mut m, again, false), Err(PoolError::StillMapped));

@@ -32,9 +32,20 @@ impl IdTable {
         self.used
     }
 
-    /// Takes the lowest free id.
+    /// Takes the lowest free id (a word at a time: this runs once per request).
     pub fn alloc(&mut self) -> Option<u16> {
-        let i = self.bits[..self.limit].first_zero()?;
+        if self.used >= self.limit {
+            return None;
+        }
+        let i = self
+            .bits
+            .as_raw_slice()
+            .iter()
+            .enumerate()
+            .find_map(|(w, &word)| (word != u32::MAX).then(|| w * 32 + (!word).trailing_zeros() as usize))?;
+        if i >= self.limit {
+            return None;
+        }
         self.bits.set(i, true);
         self.used += 1;
         Some(i as u16)
