@@ -890,7 +890,8 @@ impl Frontend {
         if bytes == 0 && matches!(op, RwOp::Read | RwOp::Write) {
             return Err(SubmitError::BadLength);
         }
-        if !bytes.is_multiple_of(ss) || !(sector * SECTOR_SIZE as u64).is_multiple_of(ss as u64) {
+        // In sector units: `sector * 512` overflows for sectors >= 2^55.
+        if !bytes.is_multiple_of(ss) || !sector.is_multiple_of((ss / SECTOR_SIZE) as u64) {
             return Err(SubmitError::BadLength);
         }
         if bytes > self.max_request_bytes() {
