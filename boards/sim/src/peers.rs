@@ -412,10 +412,11 @@ impl RawBackend {
         if *op == RwOp::Flush || *op == RwOp::WriteBarrier && segs.is_empty() {
             return RSP_OKAY;
         }
-        let mut off = r.sector as usize * 512;
+        // Checked: a hostile or careless frontend may send any sector number.
+        let Some(mut off) = r.sector.checked_mul(512) else { return RSP_ERROR };
         for s in segs {
             let len = s.len();
-            if off + len > self.disk.sectors() as usize * 512 {
+            if off.checked_add(len as u64).is_none_or(|end| end > self.disk.sectors() * 512) {
                 return RSP_ERROR;
             }
             let (m, transient) = match self.cache.get(&s.gref) {
@@ -438,9 +439,9 @@ impl RawBackend {
             let mut tmp = [0u8; 4096];
             let ok = if op.is_write() {
                 m.mem.copy_to_private(s.offset(), &mut tmp[..len]);
-                self.disk.write_at(off as u64, &tmp[..len]).is_ok()
+                self.disk.write_at(off, &tmp[..len]).is_ok()
             } else {
-                let ok = self.disk.read_at(off as u64, &mut tmp[..len]).is_ok();
+                let ok = self.disk.read_at(off, &mut tmp[..len]).is_ok();
                 m.mem.copy_from_private(s.offset(), &tmp[..len]);
                 ok
             };
@@ -452,7 +453,7 @@ impl RawBackend {
             if !ok {
                 return RSP_ERROR;
             }
-            off += len;
+            off += len as u64;
         }
         RSP_OKAY
     }
