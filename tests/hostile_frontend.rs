@@ -1044,3 +1044,114 @@ fn bad_ring_keys_halt_the_connection_and_map_nothing() {
         r.victims_ok();
     }
 }
+
+// ------------------------------------------------------------------ more attacker tricks
+
+#[test]
+fn attacker_domain_destroyed_while_connected_releases_all_its_mappings() {
+    let mut r = Rig::new(map_cfg(), true);
+    let pages: Vec<(Page, GrantRef)> = (0..11).map(|i| r.page(i as u8)).collect();
+    let segs: Vec<Segment> = pages.iter().map(|(_, g)| seg(*g, 0, 7)).collect();
+    assert_eq!(r.one(slot(&rw_req(1, RwOp::Write, 0, &segs))), RSP_OKAY);
+    assert_eq!(r.backs[0].cache().1, 11);
+    let before = r.dom0.live_mappings();
+    // The guest dies without closing: its xenstore home goes away.
+    assert!(r.hv.destroy_domain(r.guests[0].id()));
+    r.xenstore();
+    assert!(r.backs[0].port().is_none(), "the backend still maps a dead guest's ring");
+    assert_eq!(r.backs[0].cache().1, 0, "the backend still maps a dead guest's pages");
+    assert_eq!(r.dom0.live_mappings(), before - 12);
+    assert!(matches!(r.backs[0].phase(), BackPhase::Closed | BackPhase::Removed));
+    r.check_bounded();
+    r.victims_ok();
+}
+
+#[test]
+fn the_same_grant_in_every_segment_is_mapped_and_released_consistently() {
+    for persistent in [false, true] {
+        let mut r = Rig::new(map_cfg(), persistent);
+        let (p, g) = r.page(0x3c);
+        let before = r.dom0.stats();
+        assert_eq!(r.one(slot(&rw_req(1, RwOp::Write, 0, &[seg(g, 0, 7); 11]))), RSP_OKAY);
+        let mut d = vec![0u8; 11 * 4096];
+        r.disks[0].read_at(0, &mut d).unwrap();
+        assert!(d.iter().all(|&x| x == 0x3c));
+        p.mem.zero(0, 4096);
+        // A read of 11 different sectors into the one page: the last segment's data wins.
+        r.disks[0].write_at(0, &pattern(3, 11 * 4096)).unwrap();
+        assert_eq!(r.one(slot(&rw_req(2, RwOp::Read, 0, &[seg(g, 0, 7); 11]))), RSP_OKAY);
+        assert!(Rig::read_page(&p) == pattern(3, 11 * 4096)[10 * 4096..]);
+        let dm = r.dom0.stats() - before;
+        if persistent {
+            // Repeats within one batch are mapped as ordinary mappings and dropped (Linux
+            // blkback does the same); one mapping stays, cached.
+            assert_eq!((dm.maps - dm.unmaps, r.backs[0].cache().1), (1, 1), "one grant, one persistent mapping");
+            assert_eq!(r.guests[0].end_access(g), Err(RevokeError::InUse));
+        } else {
+            assert_eq!(dm.maps, dm.unmaps);
+            r.guests[0].end_access(g).unwrap();
+        }
+        r.victims_ok();
+    }
+}
+
+#[test]
+fn ring_page_granted_as_a_data_segment_only_hurts_the_attacker() {
+    let mut r = Rig::new(map_cfg(), false);
+    // Reading 0xff bytes over its own ring header makes req_prod absurd.
+    r.disks[0].write_at(0, &[0xff; 4096]).unwrap();
+    let (_, _, ring_gref) = r.fronts[0].ring_page().unwrap();
+    let s = slot(&rw_req(1, RwOp::Read, 0, &[seg(ring_gref, 0, 0)]));
+    r.fronts[0].put_raw(&s).unwrap();
+    let (f, g) = r.attacker();
+    f.kick(g);
+    r.pump();
+    assert_eq!(r.backs[0].phase(), BackPhase::Halted(HaltReason::RequestOverflow));
+    assert_eq!(r.backs[0].stats().requests, 1, "the request was answered once");
+    r.check_bounded();
+    r.victims_ok();
+    r.attacker_closes();
+    r.victims_ok();
+}
+
+#[test]
+fn idle_persistent_grants_expire_and_can_be_revoked() {
+    let cfg = BackendConfig { grant_idle_ms: 1000, ..map_cfg() };
+    let mut r = Rig::new(cfg, true);
+    let pages: Vec<(Page, GrantRef)> = (0..22).map(|i| r.page(i as u8)).collect();
+    for (k, c) in pages.chunks(11).enumerate() {
+        let segs: Vec<Segment> = c.iter().map(|(_, g)| seg(*g, 0, 7)).collect();
+        assert_eq!(r.one(slot(&rw_req(k as u64, RwOp::Write, k as u64 * 88, &segs))), RSP_OKAY);
+    }
+    assert_eq!(r.backs[0].cache().1, 22);
+    for b in r.backs.iter_mut() {
+        b.tick(&mut r.dom0, 500);
+    }
+    assert_eq!(r.backs[0].cache().1, 22, "expired too early");
+    for b in r.backs.iter_mut() {
+        b.tick(&mut r.dom0, 5000);
+    }
+    assert_eq!(r.backs[0].cache().1, 0, "idle grants were kept");
+    r.check_bounded();
+    for (_, g) in &pages {
+        r.guests[0].end_access(*g).expect("an expired grant is still mapped");
+    }
+    r.victims_ok();
+}
+
+#[test]
+fn attacker_closing_its_event_channel_changes_nothing_for_others() {
+    let mut r = Rig::new(map_cfg(), false);
+    let port = r.fronts[0].port.unwrap();
+    r.guests[0].unbind(port);
+    let (_p, g) = r.page(0);
+    // The attacker cannot notify any more; the board polls the backend anyway. Its
+    // notifications go nowhere; it serves and does not fail.
+    r.fronts[0].put_raw(&slot(&rw_req(1, RwOp::Read, 0, &[seg(g, 0, 7)]))).unwrap();
+    r.fronts[0].ring.as_mut().unwrap().push_requests();
+    assert_eq!(r.backs[0].process(&mut r.dom0), 1);
+    assert_eq!(r.fronts[0].take_raw().unwrap(), vec![Response { id: 1, op: OP_READ, status: RSP_OKAY }]);
+    assert_eq!(r.backs[0].phase(), BackPhase::Connected);
+    r.check_bounded();
+    r.victims_ok();
+}
