@@ -33,7 +33,7 @@ use xenblk::proto::shmem::SharedMem;
 use xenblk_sim::peers::RawFrontend;
 use xenblk_sim::{Dom, FaultPlan, Hypervisor, RamDisk, Trigger, VbdSpec};
 
-const DISK_SECTORS: u64 = 4096;
+const DISK_SECTORS: u64 = 1024;
 const VICTIMS: usize = 2;
 
 type Hook = Rc<RefCell<Option<Box<dyn FnMut(bool, u64)>>>>;
@@ -123,6 +123,8 @@ struct Rig {
     hooks: Vec<Hook>,
     cfg: BackendConfig,
     round: u64,
+    /// Each victim's disk content between rounds.
+    reference: Vec<Vec<u8>>,
 }
 
 impl Rig {
@@ -150,6 +152,7 @@ impl Rig {
             hooks: Vec::new(),
             cfg,
             round: 0,
+            reference: (0..=VICTIMS).map(|g| pattern(1000 + g as u64, DISK_SECTORS as usize * 512)).collect(),
         };
         let mut disk0 = Some(disk0);
         for g in 0..=VICTIMS {
@@ -161,7 +164,7 @@ impl Rig {
                 disk = (disk0.take().unwrap())(disk);
             } else {
                 // Victims' disks start with known content.
-                disk.write_at(0, &pattern(1000 + g as u64, DISK_SECTORS as usize * 512)).unwrap();
+                disk.write_at(0, &r.reference[g]).unwrap();
             }
             let hook: Hook = Rc::new(RefCell::new(None));
             let st = Hooked { disk: disk.clone(), hook: hook.clone() };
@@ -300,13 +303,13 @@ impl Rig {
             assert_eq!((c[0].id, c[0].status), (id, RSP_OKAY), "victim {v} read failed");
             assert!(c[0].data == data, "victim {v} read back wrong data");
             // Restore the reference content, then compare the whole disk.
-            let reference = pattern(1000 + v as u64, DISK_SECTORS as usize * 512);
+            let reference = &self.reference[v];
             let mut disk = vec![0u8; reference.len()];
             self.disks[v].read_at(0, &mut disk).unwrap();
             let lo = sector as usize * 512;
             assert!(disk[lo..lo + data.len()] == data[..], "victim {v} data not on its disk");
             disk[lo..lo + data.len()].copy_from_slice(&reference[lo..lo + data.len()]);
-            assert!(disk == reference, "victim {v}'s disk was changed by someone else");
+            assert!(disk == *reference, "victim {v}'s disk was changed by someone else");
             self.disks[v].write_at(lo as u64, &reference[lo..lo + data.len()]).unwrap();
         }
         self.check_bounded();
