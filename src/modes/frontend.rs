@@ -1187,6 +1187,16 @@ impl Frontend {
                 }
             }
         }
+        // Pool pages too, without persistence: the caller must not copy read data out of a
+        // page the backend can still write, nor see `Ok` for a request whose backend broke the
+        // protocol (XSA-396). With persistence the backend keeps the mapping by design.
+        if !persistent && let Data::Pool(pages) = &sh.data {
+            for &p in pages {
+                if self.pool.settle(plat, p, false).is_err() {
+                    ok = false;
+                }
+            }
+        }
         {
             let mut c = Completion {
                 tag: sh.tag,
