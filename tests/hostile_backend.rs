@@ -324,6 +324,7 @@ fn xsa396_backend_keeping_a_grant_without_persistence_fails_the_device_and_the_p
     r.answer(&[Response { id: reqs[0].id, op: OP_WRITE, status: RSP_OKAY }]);
     let done = r.poll();
     assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1, Status::Error, "a request whose page the backend kept was reported Ok");
     assert_eq!(r.front.phase(), Phase::Failed(FailReason::GrantStillMapped));
     assert_eq!(r.front.pool_stats().parked, 1, "the still-mapped page was not parked");
     assert_eq!(r.guest.end_access(GrantRef(segs[1].gref)), Err(RevokeError::InUse));
@@ -659,4 +660,89 @@ fn xsa403_no_data_from_a_previous_connection_is_granted_again() {
         r.answer(&[Response { id: reqs[0].id, op: OP_WRITE, status: st }]);
         assert_eq!(r.poll().len(), 1);
     }
+}
+
+// ------------------------------------------------------------------ backend state flapping
+
+#[test]
+fn backend_state_flapping_keeps_memory_flat_and_the_request() {
+    let mut r = Rig::new(true, true);
+    r.io_ok(0, 1);
+    // A request stays in flight through everything below.
+    r.read(64, 8, 50);
+    let path = format!("{}/state", r.spec.backend_path());
+    let states = ["1", "2", "3", "4", "5", "6", "0", "7", "x", "4", "2", "6", "3", "4", "1", ""];
+    let mut free = Vec::new();
+    for _ in 0..60 {
+        for s in states {
+            r.hv.xs_write(&path, s).unwrap();
+            r.front.on_xenstore(&mut r.guest);
+            assert!(r.poll().is_empty(), "a request completed without an answer");
+            assert!(!matches!(r.front.phase(), Phase::Failed(_)), "state {s:?} failed the device");
+        }
+        free.push(r.guest.free_page_count());
+    }
+    assert!(free[2..].iter().all(|&f| f == free[2]), "the guest's memory moved while flapping: {free:?}");
+    assert_eq!(r.front.in_flight(), 1);
+    // The backend finally restarts properly: the request completes with the right data.
+    r.back.shutdown(&mut r.bdom);
+    r.hv.xs_write(&path, "6").unwrap();
+    r.front.on_xenstore(&mut r.guest);
+    r.restart_backend();
+    r.front.on_xenstore(&mut r.guest);
+    r.connect();
+    r.serve();
+    let done = r.poll();
+    assert_eq!((done.len(), done[0].0, done[0].1), (1, 50, Status::Ok));
+    assert!(done[0].2 == pattern(1, DISK_SECTORS as usize * 512)[64 * 512..72 * 512]);
+    r.io_ok(100, 60);
+}
+
+#[test]
+fn xsa396_read_page_kept_mapped_is_never_read_as_ok() {
+    let mut r = Rig::new(false, false);
+    r.read(0, 8, 1);
+    r.read(8, 8, 2);
+    let reqs = r.take();
+    let ReqKind::Rw { segs, .. } = &reqs[0].kind else { panic!() };
+    // The backend fills the page, answers OK, keeps the mapping and scribbles afterwards.
+    let m = r.map(segs[0].gref, false);
+    m.mem.copy_from_private(0, &[0x77; 4096]);
+    let mut kept = HashSet::new();
+    kept.insert(r.frame_of(segs[0].gref));
+    r.answer(&[Response { id: reqs[0].id, op: OP_READ, status: RSP_OKAY }]);
+    let done = r.poll();
+    assert_eq!(done.len(), 2);
+    assert_eq!((done[0].0, done[0].1), (1, Status::Error), "data from a page still mapped was handed out as Ok");
+    assert_eq!((done[1].0, done[1].1), (2, Status::Error));
+    assert_eq!(r.front.phase(), Phase::Failed(FailReason::GrantStillMapped));
+    m.mem.copy_from_private(0, &[0x88; 4096]);
+    let _ = r.shutdown_and_check_never_freed(&kept);
+}
+
+#[test]
+fn xsa396_zero_copy_buffer_kept_mapped_is_parked_when_freed() {
+    let mut r = Rig::new(false, false);
+    let buf = r.front.alloc_buffer(&mut r.guest, 4096).unwrap();
+    r.front.buffer_write(&buf, 0, &[0x42; 4096]);
+    r.front.submit_buffer(&mut r.guest, true, 0, buf, 4096, 1).map_err(|e| e.0).unwrap();
+    r.front.kick(&mut r.guest);
+    let reqs = r.take();
+    let ReqKind::Rw { segs, .. } = &reqs[0].kind else { panic!() };
+    let _m = r.map(segs[0].gref, true);
+    let mut kept = HashSet::new();
+    kept.insert(r.frame_of(segs[0].gref));
+    r.answer(&[Response { id: reqs[0].id, op: OP_WRITE, status: RSP_OKAY }]);
+    let mut back = None;
+    let mut status = None;
+    r.front.poll(&mut r.guest, |c| {
+        status = Some(c.status);
+        back = c.take_buffer();
+    });
+    assert_eq!(status, Some(Status::Error));
+    assert_eq!(r.front.phase(), Phase::Failed(FailReason::GrantStillMapped));
+    // The caller gives the buffer back: its still-mapped page is parked, not reused.
+    r.front.free_buffer(&mut r.guest, back.expect("the lent buffer did not come back"));
+    assert_eq!(r.front.pool_stats().parked, 1);
+    let _ = r.shutdown_and_check_never_freed(&kept);
 }
