@@ -406,7 +406,8 @@ fn backend_domain_destroyed_mid_io_closes_the_device_and_frees_nothing_mapped() 
     let mut kept = HashSet::new();
     for q in &reqs {
         let ReqKind::Rw { segs, .. } = &q.kind else { panic!() };
-        let _m = r.map(segs[0].gref, false);
+        // (ring-netbsd grants write data read-only without persistence.)
+        let _m = r.map(segs[0].gref, q.op_code() == OP_WRITE);
         kept.insert(r.frame_of(segs[0].gref));
     }
     assert!(r.hv.destroy_domain(r.bdom.id()));
