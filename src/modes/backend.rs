@@ -368,6 +368,14 @@ impl<S: Storage> Backend<S> {
                     self.closed(plat);
                 }
             }
+            (BackPhase::Connected | BackPhase::Halted(_), XenbusState::Unknown) => {
+                // The frontend's `state` is gone or garbage (its domain died, or the toolstack
+                // removed the device): let go of everything it granted, as Linux blkback
+                // unregisters the device; otherwise a dead guest's pages stay mapped forever.
+                self.disconnect(plat);
+                let _ = xs::write_state(plat, &self.dir, XenbusState::Closed);
+                self.closed(plat);
+            }
             (BackPhase::Connected | BackPhase::Halted(_), XenbusState::Initialising | XenbusState::InitWait) => {
                 // The frontend restarted without closing: start over.
                 self.disconnect(plat);

@@ -890,7 +890,8 @@ impl Frontend {
         if bytes == 0 && matches!(op, RwOp::Read | RwOp::Write) {
             return Err(SubmitError::BadLength);
         }
-        if !bytes.is_multiple_of(ss) || !(sector * SECTOR_SIZE as u64).is_multiple_of(ss as u64) {
+        // In sector units: `sector * 512` overflows for sectors >= 2^55.
+        if !bytes.is_multiple_of(ss) || !sector.is_multiple_of((ss / SECTOR_SIZE) as u64) {
             return Err(SubmitError::BadLength);
         }
         if bytes > self.max_request_bytes() {
@@ -1182,6 +1183,16 @@ impl Frontend {
         if let Data::Lent(b) = &sh.data {
             for &p in &b.pages {
                 if self.pool.settle(plat, p, persistent).is_err() {
+                    ok = false;
+                }
+            }
+        }
+        // Pool pages too, without persistence: the caller must not copy read data out of a
+        // page the backend can still write, nor see `Ok` for a request whose backend broke the
+        // protocol (XSA-396). With persistence the backend keeps the mapping by design.
+        if !persistent && let Data::Pool(pages) = &sh.data {
+            for &p in pages {
+                if self.pool.settle(plat, p, false).is_err() {
                     ok = false;
                 }
             }

@@ -14,7 +14,8 @@ use xenblk::proto::blkif::{
     Segment,
 };
 use xenblk::proto::grant::{DomId, GntStatus, GrantRef};
-use xenblk::proto::ring::{BackRing, FrontRing};
+use xenblk::proto::ring::{BackRing, FrontRing, HEADER_SIZE};
+use xenblk::proto::shmem::SharedMem;
 use xenblk::proto::xenbus::{XenbusState, parse_u64};
 
 fn read_u64<X: xenblk::platform::XenStore>(x: &mut X, path: &str) -> Option<u64> {
@@ -211,6 +212,50 @@ impl RawFrontend {
         out
     }
 
+    /// The shared ring page, its frame and its grant, once published (hostile tests write
+    /// the page directly).
+    pub fn ring_page(&self) -> Option<(SharedMem, u64, GrantRef)> {
+        self.ring_page.map(|(p, g)| (p.mem, p.frame, g))
+    }
+
+    /// Byte offset of ring slot `idx` (taken modulo the ring size) in the ring page.
+    pub fn slot_offset(&self, idx: u32) -> usize {
+        let r = self.ring.as_ref().expect("not connected");
+        HEADER_SIZE + (idx & (r.size() - 1)) as usize * r.abi().entry_size()
+    }
+
+    /// Queues a request slot given as raw bytes (anything at all: hostile tests), published
+    /// by [`kick`](Self::kick). Returns the ring index it went to, or `None` if the ring is
+    /// full. Its response is not tracked: read it with [`take_raw`](Self::take_raw).
+    pub fn put_raw(&mut self, slot: &[u8]) -> Option<u32> {
+        let ring = self.ring.as_mut()?;
+        let placeholder =
+            Request { id: 0, handle: 0, sector: 0, kind: ReqKind::Rw { op: RwOp::Flush, segs: SegList::new() } };
+        if !ring.put_request(&placeholder) {
+            return None;
+        }
+        let idx = ring.req_prod_pvt().wrapping_sub(1);
+        let len = slot.len().min(ring.abi().entry_size());
+        let off = self.slot_offset(idx);
+        self.ring_page.unwrap().0.mem.write_bytes(off, &slot[..len]);
+        Some(idx)
+    }
+
+    /// Takes every available response without any bookkeeping (for requests queued with
+    /// [`put_raw`](Self::put_raw) or written straight into the ring).
+    pub fn take_raw(&mut self) -> Result<Vec<Response>, xenblk::proto::ring::RingError> {
+        let mut out = Vec::new();
+        let ring = self.ring.as_mut().expect("not connected");
+        loop {
+            while let Some(r) = ring.take_response()? {
+                out.push(r);
+            }
+            if !ring.final_check_for_responses()? {
+                return Ok(out);
+            }
+        }
+    }
+
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
@@ -367,10 +412,11 @@ impl RawBackend {
         if *op == RwOp::Flush || *op == RwOp::WriteBarrier && segs.is_empty() {
             return RSP_OKAY;
         }
-        let mut off = r.sector as usize * 512;
+        // Checked: a hostile or careless frontend may send any sector number.
+        let Some(mut off) = r.sector.checked_mul(512) else { return RSP_ERROR };
         for s in segs {
             let len = s.len();
-            if off + len > self.disk.sectors() as usize * 512 {
+            if off.checked_add(len as u64).is_none_or(|end| end > self.disk.sectors() * 512) {
                 return RSP_ERROR;
             }
             let (m, transient) = match self.cache.get(&s.gref) {
@@ -393,9 +439,9 @@ impl RawBackend {
             let mut tmp = [0u8; 4096];
             let ok = if op.is_write() {
                 m.mem.copy_to_private(s.offset(), &mut tmp[..len]);
-                self.disk.write_at(off as u64, &tmp[..len]).is_ok()
+                self.disk.write_at(off, &tmp[..len]).is_ok()
             } else {
-                let ok = self.disk.read_at(off as u64, &mut tmp[..len]).is_ok();
+                let ok = self.disk.read_at(off, &mut tmp[..len]).is_ok();
                 m.mem.copy_from_private(s.offset(), &tmp[..len]);
                 ok
             };
@@ -407,7 +453,7 @@ impl RawBackend {
             if !ok {
                 return RSP_ERROR;
             }
-            off += len;
+            off += len as u64;
         }
         RSP_OKAY
     }
@@ -429,6 +475,29 @@ impl RawBackend {
             plat.unbind(port);
             plat.unmap_ring(m);
         }
+    }
+
+    /// The ring, once connected (hostile tests consume and answer requests themselves).
+    pub fn ring(&mut self) -> Option<&mut BackRing> {
+        self.ring.as_mut().map(|r| &mut r.0)
+    }
+
+    /// The mapped ring page, once connected (hostile tests write it directly).
+    pub fn ring_mem(&self) -> Option<SharedMem> {
+        self.ring.as_ref().map(|r| r.1.mem)
+    }
+
+    /// Serves one request the way [`process`](Self::process) does and returns its status,
+    /// without answering it (a hostile backend decides what to answer).
+    pub fn serve_request<P: BackendPlatform>(&mut self, plat: &mut P, r: &Request) -> i16 {
+        self.serve(plat, r)
+    }
+
+    /// Forgets the ring without unmapping it or unbinding its event channel: a backend that
+    /// vanishes or never lets go (hostile tests). Cached grants stay mapped too.
+    pub fn abandon(&mut self) {
+        self.ring = None;
+        self.cache.clear();
     }
 
     /// The event channel, once connected.
