@@ -28,7 +28,7 @@
 use crate::config;
 use crate::platform::{FrontendPlatform, Page, PlatformError, Port, Tx, Wait};
 use crate::pool::front::{FrontPool, PoolError};
-use crate::pool::ids::IdTable;
+use crate::pool::ids::{IdTable, MAX_IDS};
 use crate::proto::blkif::{
     self, MAX_SEGMENTS_PER_REQUEST, OP_DISCARD, OP_INDIRECT, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, ReqKind,
     Request, RwOp, SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE, SegList, Segment,
@@ -43,6 +43,8 @@ use super::xs::{self, Read};
 /// Data pages one request may use (direct or indirect), fixed by the config.
 pub const MAX_DATA_PAGES: usize =
     if config::MAX_SEGMENTS > MAX_SEGMENTS_PER_REQUEST { config::MAX_SEGMENTS } else { MAX_SEGMENTS_PER_REQUEST };
+/// Queues (rings) one frontend can use (config `ring.queues`).
+pub const MAX_QUEUES: usize = config::RING_QUEUES;
 /// Indirect pages one request may use.
 pub const MAX_INDIRECT_PAGES: usize = if config::INDIRECT_PAGES == 0 { 1 } else { config::INDIRECT_PAGES };
 
@@ -53,6 +55,8 @@ pub struct FrontendConfig {
     pub persistent: bool,
     /// Largest ring order to use (clamped to the backend's offer and the profile).
     pub max_ring_order: u32,
+    /// Most queues to use (clamped to the backend's `multi-queue-max-queues` and the config).
+    pub queues: u32,
     /// Largest request in segments (more than 11 uses indirect descriptors when offered).
     pub max_segments: usize,
     /// Pages in the grant pool.
@@ -66,6 +70,7 @@ impl Default for FrontendConfig {
         FrontendConfig {
             persistent: config::FRONTEND_PERSISTENT,
             max_ring_order: config::RING_ORDER.min(crate::profile::MAX_RING_ORDER),
+            queues: config::RING_QUEUES as u32,
             max_segments: config::MAX_SEGMENTS,
             pool_grants: config::FRONTEND_POOL_GRANTS,
             protocol: Protocol::native(),
@@ -118,6 +123,8 @@ pub struct Negotiated {
     pub indirect_segments: u32,
     /// Ring order in use.
     pub ring_order: u32,
+    /// Queues (rings) in use.
+    pub queues: u32,
     /// `feature-flush-cache`.
     pub flush: bool,
     /// `feature-barrier`.
@@ -253,6 +260,8 @@ struct Shadow {
     indirect: heapless::Vec<u16, MAX_INDIRECT_PAGES>,
     /// Published to the current ring (false: waiting to be (re)issued).
     issued: bool,
+    /// The queue it was issued on.
+    queue: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,6 +347,8 @@ struct RingState {
     frames: heapless::Vec<u64, 16>,
     grefs: heapless::Vec<GrantRef, 16>,
     port: Port,
+    /// Requests written but not yet published.
+    unpushed: bool,
 }
 
 /// A blkif frontend for one virtual disk.
@@ -347,15 +358,17 @@ pub struct Frontend {
     backend_dir: crate::platform::XsPath,
     backend_id: DomId,
     phase: Phase,
-    ring: Option<RingState>,
+    /// One ring per queue (empty while not connected).
+    rings: heapless::Vec<RingState, MAX_QUEUES>,
+    /// Next queue to try first (round robin).
+    next_queue: usize,
     pool: FrontPool,
     ids: IdTable,
-    shadows: heapless::Vec<Option<Shadow>, { config::RING_SLOTS }>,
+    shadows: heapless::Vec<Option<Shadow>, MAX_IDS>,
     /// Requests waiting to be (re)issued, oldest first (ids into `shadows`).
-    backlog: heapless::Deque<u16, { config::RING_SLOTS }>,
+    backlog: heapless::Deque<u16, MAX_IDS>,
     neg: Negotiated,
     stats: FrontStats,
-    unpushed: bool,
     watch_token: u32,
     /// The user closed the device: do not reconnect on our own.
     user_closed: bool,
@@ -395,7 +408,7 @@ impl Frontend {
         let _ = own.push_str(dir);
         plat.watch(&xs::join(&bdir, keys::STATE), watch_token).map_err(AttachError::Platform)?;
         let mut shadows = heapless::Vec::new();
-        for _ in 0..config::RING_SLOTS {
+        for _ in 0..MAX_IDS {
             let _ = shadows.push(None);
         }
         let mut f = Frontend {
@@ -404,14 +417,14 @@ impl Frontend {
             backend_dir: bdir,
             backend_id,
             phase: Phase::WaitBackend,
-            ring: None,
+            rings: heapless::Vec::new(),
+            next_queue: 0,
             pool: FrontPool::new(cfg.pool_grants, backend_id),
             ids: IdTable::new(0),
             shadows,
             backlog: heapless::Deque::new(),
             neg: Negotiated::default(),
             stats: FrontStats::default(),
-            unpushed: false,
             watch_token,
             user_closed: false,
         };
@@ -440,9 +453,42 @@ impl Frontend {
     pub fn in_flight(&self) -> usize {
         self.ids.in_flight()
     }
-    /// The event-channel port of the current ring.
+    /// The event-channel port of the current ring (of the first queue).
     pub fn port(&self) -> Option<Port> {
-        self.ring.as_ref().map(|r| r.port)
+        self.rings.first().map(|r| r.port)
+    }
+    /// The event-channel ports of every queue.
+    pub fn ports(&self) -> heapless::Vec<Port, MAX_QUEUES> {
+        self.rings.iter().map(|r| r.port).collect()
+    }
+    /// Requests issued on each queue and not yet answered.
+    pub fn queue_in_flight(&self) -> heapless::Vec<usize, MAX_QUEUES> {
+        let mut v: heapless::Vec<usize, MAX_QUEUES> = self.rings.iter().map(|_| 0).collect();
+        for id in self.ids.iter() {
+            if let Some(sh) = self.shadows[id as usize].as_ref()
+                && sh.issued
+                && let Some(n) = v.get_mut(sh.queue as usize)
+            {
+                *n += 1;
+            }
+        }
+        v
+    }
+    /// Whether some queue has a free slot.
+    fn has_room(&self) -> bool {
+        self.rings.iter().any(|r| !r.ring.is_full())
+    }
+    /// A queue with a free slot, round robin.
+    fn pick_queue(&mut self) -> Option<usize> {
+        let n = self.rings.len();
+        for k in 0..n {
+            let q = (self.next_queue + k) % n;
+            if !self.rings[q].ring.is_full() {
+                self.next_queue = (q + 1) % n;
+                return Some(q);
+            }
+        }
+        None
     }
     /// The backend's domain.
     pub fn backend_id(&self) -> DomId {
@@ -566,12 +612,8 @@ impl Frontend {
         self.on_xenstore(plat);
     }
 
-    fn publish_ring<P: FrontendPlatform>(&mut self, plat: &mut P) -> Result<(), PlatformError> {
-        let offered = match xs::read_u64(plat, Tx::NONE, &self.backend_dir, keys::MAX_RING_PAGE_ORDER) {
-            Read::Ok(v) => v.min(4) as u32,
-            _ => 0,
-        };
-        let order = offered.min(self.cfg.max_ring_order).min(crate::profile::MAX_RING_ORDER).min(config::RING_ORDER);
+    /// Allocates and grants one ring of `1 << order` pages and an event channel.
+    fn alloc_queue<P: FrontendPlatform>(&mut self, plat: &mut P, order: u32) -> Result<RingState, PlatformError> {
         let npages = 1usize << order;
         let (mem, frames_arr) = if npages == 1 {
             let p = plat.alloc_page()?;
@@ -581,15 +623,19 @@ impl Frontend {
         } else {
             plat.alloc_pages_contiguous(npages)?
         };
-        let abi = self.cfg.protocol.abi();
-        let ring = match FrontRing::init(mem, abi) {
-            Ok(r) => r,
-            Err(_) => return Err(PlatformError::Invalid),
-        };
-        let mut frames = heapless::Vec::new();
-        let mut grefs = heapless::Vec::new();
+        let mut frames: heapless::Vec<u64, 16> = heapless::Vec::new();
         for &fr in &frames_arr[..npages] {
             let _ = frames.push(fr);
+        }
+        let ring = match FrontRing::init(mem, self.cfg.protocol.abi()) {
+            Ok(r) => r,
+            Err(_) => {
+                free_ring_mem(plat, mem, &frames);
+                return Err(PlatformError::Invalid);
+            }
+        };
+        let mut grefs = heapless::Vec::new();
+        for &fr in &frames {
             match plat.grant(fr, self.backend_id, false) {
                 Ok(g) => {
                     let _ = grefs.push(g);
@@ -613,40 +659,96 @@ impl Frontend {
                 return Err(e);
             }
         };
+        Ok(RingState { ring, mem, frames, grefs, port, unpushed: false })
+    }
+
+    fn publish_ring<P: FrontendPlatform>(&mut self, plat: &mut P) -> Result<(), PlatformError> {
+        // Every key is read afresh: a resumed or migrated guest may face another backend.
+        let offered = match xs::read_u64(plat, Tx::NONE, &self.backend_dir, keys::MAX_RING_PAGE_ORDER) {
+            Read::Ok(v) => v.min(4) as u32,
+            _ => 0,
+        };
+        let order = offered.min(self.cfg.max_ring_order).min(crate::profile::MAX_RING_ORDER).min(config::RING_ORDER);
+        let offered_queues = match xs::read_u64(plat, Tx::NONE, &self.backend_dir, keys::MULTI_QUEUE_MAX_QUEUES) {
+            Read::Ok(v) => v.clamp(1, MAX_QUEUES as u64) as u32,
+            _ => 1,
+        };
+        let nq =
+            offered_queues.min(self.cfg.queues).min(crate::profile::MAX_QUEUES).clamp(1, MAX_QUEUES as u32) as usize;
+        self.drop_ring(plat);
+        for _ in 0..nq {
+            match self.alloc_queue(plat, order) {
+                Ok(r) => {
+                    let _ = self.rings.push(r);
+                }
+                Err(e) => {
+                    self.drop_ring(plat);
+                    return Err(e);
+                }
+            }
+        }
         let dir = self.dir.clone();
         let persistent = self.cfg.persistent;
         let protocol = self.cfg.protocol;
+        let npages = 1usize << order;
+        let rings = &self.rings;
         let res = xs::transaction(plat, |x, tx| {
-            if order == 0 {
-                xs::write_u64(x, tx, &dir, keys::RING_REF, grefs[0].0 as u64)?;
-            } else {
+            // Keys of an earlier connection (another order or queue count) must not linger:
+            // a backend reads `ring-page-order` and `multi-queue-num-queues` first.
+            for k in [keys::RING_PAGE_ORDER, keys::NUM_RING_PAGES, keys::MULTI_QUEUE_NUM_QUEUES, keys::RING_REF] {
+                let _ = x.remove(tx, &xs::join(&dir, k));
+            }
+            for i in 0..16u32 {
+                let mut b = [0u8; 32];
+                let _ = x.remove(tx, &xs::join(&dir, crate::proto::xenbus::ring_ref_key(i, &mut b)));
+            }
+            for q in 0..crate::profile::MAX_QUEUES {
+                let mut b = [0u8; 32];
+                let _ = x.remove(tx, &xs::join(&dir, crate::proto::xenbus::queue_dir(q, &mut b)));
+            }
+            if nq > 1 {
+                xs::write_u64(x, tx, &dir, keys::MULTI_QUEUE_NUM_QUEUES, nq as u64)?;
+            }
+            // Never `ring-page-order = 0`: one page is a plain `ring-ref`.
+            if order > 0 {
                 xs::write_u64(x, tx, &dir, keys::RING_PAGE_ORDER, order as u64)?;
                 xs::write_u64(x, tx, &dir, keys::NUM_RING_PAGES, npages as u64)?;
-                for (i, g) in grefs.iter().enumerate() {
-                    let mut b = [0u8; 32];
-                    let k = crate::proto::xenbus::ring_ref_key(i as u32, &mut b);
-                    xs::write_u64(x, tx, &dir, k, g.0 as u64)?;
-                }
             }
-            xs::write_u64(x, tx, &dir, keys::EVENT_CHANNEL, port.0 as u64)?;
+            for (q, r) in rings.iter().enumerate() {
+                // One queue: keys at the top level (Linux blkfront); more: `queue-<q>/`.
+                let qdir = if nq > 1 {
+                    let mut b = [0u8; 32];
+                    xs::join(&dir, crate::proto::xenbus::queue_dir(q as u32, &mut b))
+                } else {
+                    dir.clone()
+                };
+                if order == 0 {
+                    xs::write_u64(x, tx, &qdir, keys::RING_REF, r.grefs[0].0 as u64)?;
+                } else {
+                    for (i, g) in r.grefs.iter().enumerate() {
+                        let mut b = [0u8; 32];
+                        let k = crate::proto::xenbus::ring_ref_key(i as u32, &mut b);
+                        xs::write_u64(x, tx, &qdir, k, g.0 as u64)?;
+                    }
+                }
+                xs::write_u64(x, tx, &qdir, keys::EVENT_CHANNEL, r.port.0 as u64)?;
+            }
             xs::write_str(x, tx, &dir, keys::PROTOCOL, protocol.as_str())?;
             xs::write_u64(x, tx, &dir, keys::FEATURE_PERSISTENT, persistent as u64)?;
             xs::write_str(x, tx, &dir, keys::STATE, XenbusState::Initialised.as_str())
         });
         if let Err(e) = res {
-            plat.unbind(port);
-            for &g in &grefs {
-                let _ = plat.end_access(g);
-            }
-            free_ring_mem(plat, mem, &frames);
+            self.drop_ring(plat);
             return Err(e);
         }
         // Keep the ids of requests waiting to be re-issued.
-        self.ids.set_limit(ring.size() as usize);
-        self.ring = Some(RingState { ring, mem, frames, grefs, port });
+        let slots: usize = self.rings.iter().map(|r| r.ring.size() as usize).sum();
+        self.ids.set_limit(slots);
+        self.next_queue = 0;
         self.neg.ring_order = order;
+        self.neg.queues = nq as u32;
         self.phase = Phase::Initialised;
-        info!("xenblk front: ring published, order {}", order);
+        info!("xenblk front: ring published, order {}, queues {}", order, nq);
         Ok(())
     }
 
@@ -679,6 +781,7 @@ impl Frontend {
             persistent: persistent && self.cfg.persistent,
             indirect_segments: indirect,
             ring_order: self.neg.ring_order,
+            queues: self.neg.queues,
             flush,
             barrier,
             discard,
@@ -732,22 +835,22 @@ impl Frontend {
         }
         self.drop_ring(plat);
         self.pool.release_all(plat);
-        self.unpushed = false;
     }
 
     /// Unbinds the event channel and ends the ring's grants; the ring pages are freed only
     /// if the backend no longer maps any of them (otherwise they are leaked, never reused).
     fn drop_ring<P: FrontendPlatform>(&mut self, plat: &mut P) {
-        let Some(r) = self.ring.take() else { return };
-        plat.unbind(r.port);
-        let mut all_ended = true;
-        for &g in &r.grefs {
-            if plat.end_access(g) == Err(RevokeError::InUse) {
-                all_ended = false;
+        while let Some(r) = self.rings.pop() {
+            plat.unbind(r.port);
+            let mut all_ended = true;
+            for &g in &r.grefs {
+                if plat.end_access(g) == Err(RevokeError::InUse) {
+                    all_ended = false;
+                }
             }
-        }
-        if all_ended {
-            free_ring_mem(plat, r.mem, &r.frames);
+            if all_ended {
+                free_ring_mem(plat, r.mem, &r.frames);
+            }
         }
     }
 
@@ -755,7 +858,7 @@ impl Frontend {
         let n = self.backlog.len();
         for _ in 0..n {
             let Some(id) = self.backlog.pop_front() else { break };
-            if self.ring.as_ref().is_none_or(|r| r.ring.is_full()) {
+            if !self.has_room() {
                 let _ = self.backlog.push_front(id);
                 break;
             }
@@ -858,7 +961,7 @@ impl Frontend {
             Some(id) => id,
             None => return Err((SubmitError::Busy, buf)),
         };
-        if self.ring.as_ref().is_none_or(|r| r.ring.is_full()) {
+        if !self.has_room() {
             self.ids.free(id as u64);
             return Err((SubmitError::Busy, buf));
         }
@@ -870,6 +973,7 @@ impl Frontend {
             data: Data::Lent(buf),
             indirect: heapless::Vec::new(),
             issued: false,
+            queue: 0,
         });
         self.finish_submit(plat, id).map_err(|e| match self.shadows[id as usize].take().map(|s| s.data) {
             Some(Data::Lent(b)) => {
@@ -936,9 +1040,7 @@ impl Frontend {
             self.check_rw(op, sector, bytes)?;
         }
         let pages_needed = bytes.div_ceil(PAGE_SIZE);
-        if self.ring.as_ref().is_none_or(|r| r.ring.is_full())
-            || self.pool.available() < pages_needed + self.indirect_pages_for(pages_needed)
-        {
+        if !self.has_room() || self.pool.available() < pages_needed + self.indirect_pages_for(pages_needed) {
             return Err(SubmitError::Busy);
         }
         let id = self.ids.alloc().ok_or(SubmitError::Busy)?;
@@ -973,6 +1075,7 @@ impl Frontend {
             data: if pages.is_empty() { Data::None } else { Data::Pool(pages) },
             indirect: heapless::Vec::new(),
             issued: false,
+            queue: 0,
         });
         if let Err(e) = self.finish_submit(plat, id) {
             if let Some(sh) = self.shadows[id as usize].take()
@@ -1066,26 +1169,32 @@ impl Frontend {
             }
         };
         let req = Request { id: id as u64, handle: 0, sector: sh.sector, kind };
-        let Some(r) = self.ring.as_mut() else { return Err(SubmitError::NotConnected) };
+        if self.rings.is_empty() {
+            return Err(SubmitError::NotConnected);
+        }
+        let Some(q) = self.pick_queue() else { return Err(SubmitError::Busy) };
+        let r = &mut self.rings[q];
         if !r.ring.put_request(&req) {
             return Err(SubmitError::Busy);
         }
+        r.unpushed = true;
+        let Some(sh) = self.shadows[id as usize].as_mut() else { return Err(SubmitError::Failed) };
         sh.issued = true;
-        self.unpushed = true;
+        sh.queue = q as u8;
         Ok(())
     }
 
     /// Publishes queued requests; notifies the backend if it asked for it.
     pub fn kick<P: FrontendPlatform>(&mut self, plat: &mut P) {
-        if !self.unpushed {
-            return;
-        }
-        self.unpushed = false;
-        if let Some(r) = self.ring.as_mut()
-            && r.ring.push_requests()
-        {
-            self.stats.notifies += 1;
-            let _ = plat.notify(r.port);
+        for r in self.rings.iter_mut() {
+            if !r.unpushed {
+                continue;
+            }
+            r.unpushed = false;
+            if r.ring.push_requests() {
+                self.stats.notifies += 1;
+                let _ = plat.notify(r.port);
+            }
         }
     }
 
@@ -1098,9 +1207,10 @@ impl Frontend {
             return self.fail_all(plat, &mut f);
         }
         let mut done = 0;
-        loop {
+        let mut q = 0;
+        while q < self.rings.len() {
             loop {
-                let rsp = match self.ring.as_mut().map(|r| r.ring.take_response()) {
+                let rsp = match self.rings.get_mut(q).map(|r| r.ring.take_response()) {
                     None => return done,
                     Some(Ok(Some(rsp))) => rsp,
                     Some(Ok(None)) => break,
@@ -1115,7 +1225,8 @@ impl Frontend {
                     self.fail(plat, FailReason::BadResponseId);
                     return done + self.fail_all(plat, &mut f);
                 };
-                if !sh.issued {
+                // An answer on another queue than the request's is as bad as an unknown id.
+                if !sh.issued || sh.queue as usize != q {
                     self.fail(plat, FailReason::BadResponseId);
                     return done + self.fail_all(plat, &mut f);
                 }
@@ -1141,9 +1252,10 @@ impl Frontend {
                 }
                 done += 1;
             }
-            match self.ring.as_mut().map(|r| r.ring.final_check_for_responses()) {
+            match self.rings.get_mut(q).map(|r| r.ring.final_check_for_responses()) {
                 Some(Ok(true)) => continue,
-                Some(Ok(false)) | None => break,
+                Some(Ok(false)) => q += 1,
+                None => break,
                 Some(Err(_)) => {
                     self.fail(plat, FailReason::ResponseOverflow);
                     return done + self.fail_all(plat, &mut f);
@@ -1227,7 +1339,7 @@ impl Frontend {
     }
 
     fn fail_all<P: FrontendPlatform>(&mut self, plat: &mut P, f: &mut impl FnMut(&mut Completion<'_>)) -> usize {
-        let mut ids: heapless::Vec<u16, { config::RING_SLOTS }> = heapless::Vec::new();
+        let mut ids: heapless::Vec<u16, MAX_IDS> = heapless::Vec::new();
         for id in self.ids.iter() {
             let _ = ids.push(id);
         }
