@@ -588,6 +588,42 @@ impl Frontend {
         matches!(xs::read_u64(plat, Tx::NONE, &self.backend_dir, keys::ONLINE), Read::Ok(1))
     }
 
+    /// After the guest was suspended and resumed, or migrated: everything of the old
+    /// connection is dead. Tears the rings down (keeping every in-flight request for
+    /// re-issue), re-reads `backend` and `backend-id` (the toolstack may have moved the
+    /// device to another backend domain), watches the new backend, and negotiates from
+    /// scratch: new rings, new event channels, every feature re-read at Connected.
+    pub fn resume<P: FrontendPlatform>(&mut self, plat: &mut P) -> Result<(), AttachError> {
+        if matches!(self.phase, Phase::Failed(_)) {
+            return Err(AttachError::Platform(PlatformError::Invalid));
+        }
+        self.disconnect(plat);
+        let backend_dir = match xs::read_str::<P, 160>(plat, Tx::NONE, &self.dir, keys::BACKEND) {
+            Read::Ok(s) => s,
+            _ => return Err(AttachError::NoBackend),
+        };
+        let backend_id = match xs::read_u64(plat, Tx::NONE, &self.dir, keys::BACKEND_ID) {
+            Read::Ok(v) if v < 0x7ff0 => DomId(v as u16),
+            _ => return Err(AttachError::NoBackend),
+        };
+        let _ = plat.unwatch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token);
+        self.backend_dir.clear();
+        let _ = self.backend_dir.push_str(&backend_dir);
+        self.backend_id = backend_id;
+        self.pool.set_peer(backend_id);
+        plat.watch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token).map_err(AttachError::Platform)?;
+        self.neg = Negotiated::default();
+        xs::write_state(plat, &self.dir, XenbusState::Initialising).map_err(AttachError::Platform)?;
+        self.phase = Phase::WaitBackend;
+        self.on_xenstore(plat);
+        Ok(())
+    }
+
+    /// Retries pages an earlier backend kept mapped; returns how many are still held.
+    pub fn reap<P: FrontendPlatform>(&mut self, plat: &mut P) -> usize {
+        self.pool.reap_parked(plat) + self.pool.orphans()
+    }
+
     /// Asks to close the device (front-initiated). In-flight requests still complete.
     pub fn close<P: FrontendPlatform>(&mut self, plat: &mut P) {
         if matches!(self.phase, Phase::Failed(_) | Phase::Closed) {
@@ -695,7 +731,17 @@ impl Frontend {
         let res = xs::transaction(plat, |x, tx| {
             // Keys of an earlier connection (another order or queue count) must not linger:
             // a backend reads `ring-page-order` and `multi-queue-num-queues` first.
-            for k in [keys::RING_PAGE_ORDER, keys::NUM_RING_PAGES, keys::MULTI_QUEUE_NUM_QUEUES, keys::RING_REF] {
+            // Rewritten nodes also take the directory's current permissions (a new backend
+            // domain must be able to read them).
+            for k in [
+                keys::RING_PAGE_ORDER,
+                keys::NUM_RING_PAGES,
+                keys::MULTI_QUEUE_NUM_QUEUES,
+                keys::RING_REF,
+                keys::EVENT_CHANNEL,
+                keys::PROTOCOL,
+                keys::FEATURE_PERSISTENT,
+            ] {
                 let _ = x.remove(tx, &xs::join(&dir, k));
             }
             for i in 0..16u32 {
@@ -772,7 +818,7 @@ impl Frontend {
         let discard = xs::read_bool(x, Tx::NONE, &b, keys::FEATURE_DISCARD).or_default(false)?;
         let discard_secure = xs::read_bool(x, Tx::NONE, &b, keys::DISCARD_SECURE).or_default(false)?;
         let gran = xs::read_u64(x, Tx::NONE, &b, keys::DISCARD_GRANULARITY).or_default(sector_size)?;
-        let indirect = if indirect > MAX_SEGMENTS_PER_REQUEST as u64 {
+        let indirect = if indirect >= crate::profile::FRONTEND_MIN_INDIRECT_SEGMENTS as u64 {
             indirect.min(blkif::MAX_INDIRECT_SEGMENTS as u64) as u32
         } else {
             0
