@@ -13,8 +13,10 @@
 
 #[cfg(feature = "backend")]
 use xenblk::modes::backend::{BackPhase, Backend, BackendConfig, HaltReason};
+#[cfg(all(feature = "frontend", feature = "backend"))]
+use xenblk::modes::frontend::SubmitError;
 #[cfg(feature = "frontend")]
-use xenblk::modes::frontend::{Completion, Frontend, FrontendConfig, Io, Phase, Status, SubmitError};
+use xenblk::modes::frontend::{Completion, Frontend, FrontendConfig, Io, Phase, Status};
 use xenblk::proto::blkif::Protocol;
 #[cfg(feature = "backend")]
 use xenblk::proto::blkif::{RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, RwOp};
@@ -260,18 +262,27 @@ fn indirect_descriptors_carry_max_segments_end_to_end_with_persistent_indirect_p
                 Err(SubmitError::TooLarge)
             );
         }
-        let maps_after_first = p.back().stats().maps;
         let back_data = p.read(8, want * 4096, 2);
         assert!(back_data == data, "indirect read returned other data");
         let mut disk = vec![0u8; data.len()];
         p.disk.read_at(8 * 512, &mut disk).unwrap();
         assert!(disk == data, "indirect write did not reach the disk");
-        // Persistence: the second request of the same size maps nothing new (data pages
-        // and indirect pages both stayed mapped), and the cache holds them.
+        // Persistence: once every queue has carried one such request, more of them map
+        // nothing new (data pages and indirect pages both stayed mapped, each queue's
+        // pages in that queue's cache).
         assert!(p.front.negotiated().persistent);
-        p.write(8, &data, 3);
-        assert_eq!(p.back().stats().maps, maps_after_first, "a repeated request mapped grants again");
+        let queues = p.front.negotiated().queues as u64;
         let indirect_pages = if want > 11 { want.div_ceil(512) } else { 0 };
+        for t in 0..queues {
+            p.write(8, &data, 10 + t);
+        }
+        let warm = p.back().stats().maps;
+        let ring_pages = queues << p.front.negotiated().ring_order;
+        assert!(warm <= queues * (want + indirect_pages) as u64 + ring_pages, "{warm} maps for {queues} queues");
+        for t in 0..2 * queues {
+            p.write(8, &data, 20 + t);
+        }
+        assert_eq!(p.back().stats().maps, warm, "a repeated request mapped grants again");
         assert!(p.back().cache().1 >= want + indirect_pages, "cache holds {} grants", p.back().cache().1);
         assert_eq!(p.back().stats().errors, 0);
     });
@@ -304,17 +315,19 @@ fn backend_serves_indirect_requests_up_to_its_offer_in_up_to_eight_pages() {
 #[cfg(feature = "backend")]
 #[test]
 fn backend_rejects_indirect_requests_beyond_its_offer() {
-    let bcfg = BackendConfig { max_indirect_segments: 17, ..Default::default() };
-    let mut w = WireB::new(RamDisk::new(4096), bcfg, false, |_| {});
-    assert!(w.connected());
-    assert_eq!(w.be("feature-max-indirect-segments").as_deref(), Some("17"));
-    w.front.submit_indirect(&mut w.guest, 0, 17 * 4096, Some(&pattern(1, 17 * 4096)));
-    assert_eq!(w.one().status, RSP_OKAY);
-    w.front.submit_indirect(&mut w.guest, 0, 18 * 4096, Some(&pattern(2, 18 * 4096)));
-    assert_eq!(w.one().status, RSP_ERROR, "18 segments accepted with an offer of 17");
-    let mut b = vec![0u8; 17 * 4096];
-    w.disk.read_at(0, &mut b).unwrap();
-    assert!(b == pattern(1, 17 * 4096), "the refused request touched the disk");
+    big_stack(|| {
+        let bcfg = BackendConfig { max_indirect_segments: 17, ..Default::default() };
+        let mut w = WireB::new(RamDisk::new(4096), bcfg, false, |_| {});
+        assert!(w.connected());
+        assert_eq!(w.be("feature-max-indirect-segments").as_deref(), Some("17"));
+        w.front.submit_indirect(&mut w.guest, 0, 17 * 4096, Some(&pattern(1, 17 * 4096)));
+        assert_eq!(w.one().status, RSP_OKAY);
+        w.front.submit_indirect(&mut w.guest, 0, 18 * 4096, Some(&pattern(2, 18 * 4096)));
+        assert_eq!(w.one().status, RSP_ERROR, "18 segments accepted with an offer of 17");
+        let mut b = vec![0u8; 17 * 4096];
+        w.disk.read_at(0, &mut b).unwrap();
+        assert!(b == pattern(1, 17 * 4096), "the refused request touched the disk");
+    });
 }
 
 /// NetBSD xbd uses indirect descriptors only when offered at least 17 segments; Linux
@@ -486,21 +499,23 @@ fn reconnect_to_a_narrower_backend_leaves_no_stale_ring_keys() {
 #[cfg(feature = "backend")]
 #[test]
 fn backend_refuses_zero_or_too_many_queues() {
-    for bad in ["0", "99"] {
-        let hv = Hypervisor::new();
-        let mut dom0 = hv.take_dom0().unwrap();
-        let mut guest = hv.create_domain(256);
-        let spec = VbdSpec::new(guest.id(), DomId::DOM0, DEVID);
-        hv.add_vbd(&spec).unwrap();
-        let mut back =
-            Backend::probe(&mut dom0, &spec.backend_path(), BackendConfig::default(), RamDisk::new(64), 1).unwrap();
-        let mut front = RawFrontend::new(&mut guest, &spec.frontend_path(), false);
-        front.step(&mut guest);
-        hv.xs_write(&format!("{}/multi-queue-num-queues", spec.frontend_path()), bad).unwrap();
-        back.on_xenstore(&mut dom0);
-        assert_eq!(back.phase(), BackPhase::Halted(HaltReason::BadFrontendKeys), "num-queues {bad} accepted");
-        assert_eq!(dom0.live_mappings(), 0, "a refused connection left the ring mapped");
-    }
+    big_stack(|| {
+        for bad in ["0", "99"] {
+            let hv = Hypervisor::new();
+            let mut dom0 = hv.take_dom0().unwrap();
+            let mut guest = hv.create_domain(256);
+            let spec = VbdSpec::new(guest.id(), DomId::DOM0, DEVID);
+            hv.add_vbd(&spec).unwrap();
+            let mut back =
+                Backend::probe(&mut dom0, &spec.backend_path(), BackendConfig::default(), RamDisk::new(64), 1).unwrap();
+            let mut front = RawFrontend::new(&mut guest, &spec.frontend_path(), false);
+            front.step(&mut guest);
+            hv.xs_write(&format!("{}/multi-queue-num-queues", spec.frontend_path()), bad).unwrap();
+            back.on_xenstore(&mut dom0);
+            assert_eq!(back.phase(), BackPhase::Halted(HaltReason::BadFrontendKeys), "num-queues {bad} accepted");
+            assert_eq!(dom0.live_mappings(), 0, "a refused connection left the ring mapped");
+        }
+    });
 }
 
 // ================================================= 3. discard, barrier, flush, EOPNOTSUPP
@@ -564,61 +579,65 @@ fn frontend_refuses_flush_and_discard_the_backend_did_not_offer() {
 #[cfg(feature = "backend")]
 #[test]
 fn unoffered_operations_are_answered_eopnotsupp_on_the_wire() {
-    let disk = RamDisk::new(4096);
-    disk.set_flush(false);
-    disk.set_discard(false);
-    let mut w = WireB::new(disk, BackendConfig::default(), false, |_| {});
-    assert!(w.connected());
-    w.front.submit_kind(&mut w.guest, 0, RwOp::Flush, &[]);
-    assert_eq!(w.one().status, RSP_EOPNOTSUPP, "flush without feature-flush-cache");
-    w.front.submit_discard(0, 8, false);
-    assert_eq!(w.one().status, RSP_EOPNOTSUPP, "discard without feature-discard");
-    // An unknown operation: a valid read slot whose operation byte is rewritten to 4
-    // (BLKIF_OP_RESERVED_1).
-    w.front.submit(&mut w.guest, 0, 4096, None);
-    let ring = w.front.ring.as_ref().unwrap();
-    let slot = (ring.req_prod_pvt().wrapping_sub(1) % ring.size()) as usize;
-    let off = 64 + slot * ring.abi().entry_size();
-    w.front.ring_mem().unwrap().write_bytes(off, &[4]);
-    assert_eq!(w.one().status, RSP_EOPNOTSUPP, "unknown operation");
-    assert!(w.back.stats().unsupported >= 3);
+    big_stack(|| {
+        let disk = RamDisk::new(4096);
+        disk.set_flush(false);
+        disk.set_discard(false);
+        let mut w = WireB::new(disk, BackendConfig::default(), false, |_| {});
+        assert!(w.connected());
+        w.front.submit_kind(&mut w.guest, 0, RwOp::Flush, &[]);
+        assert_eq!(w.one().status, RSP_EOPNOTSUPP, "flush without feature-flush-cache");
+        w.front.submit_discard(0, 8, false);
+        assert_eq!(w.one().status, RSP_EOPNOTSUPP, "discard without feature-discard");
+        // An unknown operation: a valid read slot whose operation byte is rewritten to 4
+        // (BLKIF_OP_RESERVED_1).
+        w.front.submit(&mut w.guest, 0, 4096, None);
+        let ring = w.front.ring.as_ref().unwrap();
+        let slot = (ring.req_prod_pvt().wrapping_sub(1) % ring.size()) as usize;
+        let off = 64 + slot * ring.abi().entry_size();
+        w.front.ring_mem().unwrap().write_bytes(off, &[4]);
+        assert_eq!(w.one().status, RSP_EOPNOTSUPP, "unknown operation");
+        assert!(w.back.stats().unsupported >= 3);
 
-    // Discard supported by the storage but forbidden by the toolstack.
-    let disk = RamDisk::new(4096);
-    disk.set_discard(true);
-    let hv = Hypervisor::new();
-    let mut dom0 = hv.take_dom0().unwrap();
-    let mut guest = hv.create_domain(256);
-    let mut spec = VbdSpec::new(guest.id(), DomId::DOM0, DEVID);
-    spec.discard_enable = false;
-    hv.add_vbd(&spec).unwrap();
-    let mut back = Backend::probe(&mut dom0, &spec.backend_path(), BackendConfig::default(), disk, 1).unwrap();
-    let mut front = RawFrontend::new(&mut guest, &spec.frontend_path(), false);
-    for _ in 0..5 {
-        front.step(&mut guest);
-        back.on_xenstore(&mut dom0);
-    }
-    assert!(front.step(&mut guest));
-    assert_eq!(hv.xs_read_string(&format!("{}/feature-discard", spec.backend_path())).unwrap(), "0");
-    front.submit_discard(0, 8, false);
-    front.kick(&mut guest);
-    back.process(&mut dom0);
-    assert_eq!(front.poll(&mut guest)[0].status, RSP_EOPNOTSUPP, "discard-enable=0 ignored");
+        // Discard supported by the storage but forbidden by the toolstack.
+        let disk = RamDisk::new(4096);
+        disk.set_discard(true);
+        let hv = Hypervisor::new();
+        let mut dom0 = hv.take_dom0().unwrap();
+        let mut guest = hv.create_domain(256);
+        let mut spec = VbdSpec::new(guest.id(), DomId::DOM0, DEVID);
+        spec.discard_enable = false;
+        hv.add_vbd(&spec).unwrap();
+        let mut back = Backend::probe(&mut dom0, &spec.backend_path(), BackendConfig::default(), disk, 1).unwrap();
+        let mut front = RawFrontend::new(&mut guest, &spec.frontend_path(), false);
+        for _ in 0..5 {
+            front.step(&mut guest);
+            back.on_xenstore(&mut dom0);
+        }
+        assert!(front.step(&mut guest));
+        assert_eq!(hv.xs_read_string(&format!("{}/feature-discard", spec.backend_path())).unwrap(), "0");
+        front.submit_discard(0, 8, false);
+        front.kick(&mut guest);
+        back.process(&mut dom0);
+        assert_eq!(front.poll(&mut guest)[0].status, RSP_EOPNOTSUPP, "discard-enable=0 ignored");
+    });
 }
 
 #[cfg(feature = "backend")]
 #[test]
 fn secure_discard_is_eopnotsupp_unless_offered() {
-    let disk = RamDisk::new(4096);
-    disk.set_discard(true);
-    let mut w = WireB::new(disk, BackendConfig::default(), false, |_| {});
-    assert!(w.connected());
-    assert_eq!(w.be("discard-secure").as_deref(), Some("0"));
-    w.front.submit_discard(0, 8, true);
-    assert_eq!(w.one().status, RSP_EOPNOTSUPP);
-    w.front.submit_discard(0, 8, false);
-    assert_eq!(w.one().status, RSP_OKAY);
-    assert_eq!(w.disk.stats().discards, 1);
+    big_stack(|| {
+        let disk = RamDisk::new(4096);
+        disk.set_discard(true);
+        let mut w = WireB::new(disk, BackendConfig::default(), false, |_| {});
+        assert!(w.connected());
+        assert_eq!(w.be("discard-secure").as_deref(), Some("0"));
+        w.front.submit_discard(0, 8, true);
+        assert_eq!(w.one().status, RSP_EOPNOTSUPP);
+        w.front.submit_discard(0, 8, false);
+        assert_eq!(w.one().status, RSP_OKAY);
+        assert_eq!(w.disk.stats().discards, 1);
+    });
 }
 
 /// FLUSH_DISKCACHE with segments writes its data and flushes (Linux blkback: a write with
@@ -627,26 +646,28 @@ fn secure_discard_is_eopnotsupp_unless_offered() {
 #[cfg(feature = "backend")]
 #[test]
 fn flush_with_and_without_data_and_barrier_with_data_on_the_wire() {
-    let mut w = WireB::new(RamDisk::new(4096), BackendConfig::default(), false, |_| {});
-    assert!(w.connected());
-    let f0 = w.disk.stats().flushes;
-    w.front.submit_kind(&mut w.guest, 0, RwOp::Flush, &[]);
-    assert_eq!(w.one().status, RSP_OKAY);
-    assert_eq!(w.disk.stats().flushes - f0, 1);
-    let data = pattern(6, 8192);
-    w.front.submit_kind(&mut w.guest, 16, RwOp::Flush, &data);
-    assert_eq!(w.one().status, RSP_OKAY);
-    assert_eq!(w.disk.stats().flushes - f0, 2);
-    let mut b = vec![0u8; 8192];
-    w.disk.read_at(16 * 512, &mut b).unwrap();
-    assert_eq!(b, data, "flush with data did not write its data");
-    let data2 = pattern(8, 4096);
-    w.front.submit_kind(&mut w.guest, 64, RwOp::WriteBarrier, &data2);
-    assert_eq!(w.one().status, RSP_OKAY);
-    assert_eq!(w.disk.stats().flushes - f0, 4, "barrier: flush before and after");
-    let mut b = vec![0u8; 4096];
-    w.disk.read_at(64 * 512, &mut b).unwrap();
-    assert_eq!(b, data2);
+    big_stack(|| {
+        let mut w = WireB::new(RamDisk::new(4096), BackendConfig::default(), false, |_| {});
+        assert!(w.connected());
+        let f0 = w.disk.stats().flushes;
+        w.front.submit_kind(&mut w.guest, 0, RwOp::Flush, &[]);
+        assert_eq!(w.one().status, RSP_OKAY);
+        assert_eq!(w.disk.stats().flushes - f0, 1);
+        let data = pattern(6, 8192);
+        w.front.submit_kind(&mut w.guest, 16, RwOp::Flush, &data);
+        assert_eq!(w.one().status, RSP_OKAY);
+        assert_eq!(w.disk.stats().flushes - f0, 2);
+        let mut b = vec![0u8; 8192];
+        w.disk.read_at(16 * 512, &mut b).unwrap();
+        assert_eq!(b, data, "flush with data did not write its data");
+        let data2 = pattern(8, 4096);
+        w.front.submit_kind(&mut w.guest, 64, RwOp::WriteBarrier, &data2);
+        assert_eq!(w.one().status, RSP_OKAY);
+        assert_eq!(w.disk.stats().flushes - f0, 4, "barrier: flush before and after");
+        let mut b = vec![0u8; 4096];
+        w.disk.read_at(64 * 512, &mut b).unwrap();
+        assert_eq!(b, data2);
+    });
 }
 
 // ======================================================================= 4. sector sizes
@@ -701,16 +722,18 @@ fn physical_sector_size_larger_than_logical_is_published_and_read() {
 #[cfg(feature = "backend")]
 #[test]
 fn backend_refuses_requests_misaligned_to_the_logical_sector_size() {
-    let disk = RamDisk::new(4096);
-    disk.set_sector_size(4096, 4096);
-    let mut w = WireB::new(disk, BackendConfig::default(), false, |_| {});
-    assert!(w.connected());
-    w.front.submit(&mut w.guest, 1, 4096, Some(&pattern(1, 4096)));
-    assert_eq!(w.one().status, RSP_ERROR, "misaligned start accepted");
-    w.front.submit(&mut w.guest, 8, 512, Some(&pattern(1, 512)));
-    assert_eq!(w.one().status, RSP_ERROR, "sub-block length accepted");
-    w.front.submit(&mut w.guest, 8, 4096, Some(&pattern(1, 4096)));
-    assert_eq!(w.one().status, RSP_OKAY);
+    big_stack(|| {
+        let disk = RamDisk::new(4096);
+        disk.set_sector_size(4096, 4096);
+        let mut w = WireB::new(disk, BackendConfig::default(), false, |_| {});
+        assert!(w.connected());
+        w.front.submit(&mut w.guest, 1, 4096, Some(&pattern(1, 4096)));
+        assert_eq!(w.one().status, RSP_ERROR, "misaligned start accepted");
+        w.front.submit(&mut w.guest, 8, 512, Some(&pattern(1, 512)));
+        assert_eq!(w.one().status, RSP_ERROR, "sub-block length accepted");
+        w.front.submit(&mut w.guest, 8, 4096, Some(&pattern(1, 4096)));
+        assert_eq!(w.one().status, RSP_OKAY);
+    });
 }
 
 /// Resize: the backend rewrites `sectors` and then `state`, which fires the frontend's
@@ -823,18 +846,20 @@ fn one_backend_domain_serves_x86_32_and_x86_64_frontends_at_once() {
 #[cfg(feature = "backend")]
 #[test]
 fn backend_speaks_both_abis_to_a_raw_frontend() {
-    for proto in [Protocol::X86_32, Protocol::X86_64] {
-        let mut w = WireB::new(RamDisk::new(4096), BackendConfig::default(), false, |f| f.ring_protocol = proto);
-        assert!(w.connected());
-        assert_eq!(w.back.negotiated().unwrap().protocol, proto);
-        let data = pattern(9, 11 * 4096);
-        w.front.submit(&mut w.guest, 24, data.len(), Some(&data));
-        assert_eq!(w.one().status, RSP_OKAY);
-        w.front.submit(&mut w.guest, 24, data.len(), None);
-        let c = w.one();
-        assert_eq!(c.status, RSP_OKAY);
-        assert!(c.data == data, "{proto:?} read returned other data");
-    }
+    big_stack(|| {
+        for proto in [Protocol::X86_32, Protocol::X86_64] {
+            let mut w = WireB::new(RamDisk::new(4096), BackendConfig::default(), false, |f| f.ring_protocol = proto);
+            assert!(w.connected());
+            assert_eq!(w.back.negotiated().unwrap().protocol, proto);
+            let data = pattern(9, 11 * 4096);
+            w.front.submit(&mut w.guest, 24, data.len(), Some(&data));
+            assert_eq!(w.one().status, RSP_OKAY);
+            w.front.submit(&mut w.guest, 24, data.len(), None);
+            let c = w.one();
+            assert_eq!(c.status, RSP_OKAY);
+            assert!(c.data == data, "{proto:?} read returned other data");
+        }
+    });
 }
 
 /// No `protocol` key: Linux blkback on x86 assumes x86_32 (the legacy default), NetBSD
@@ -842,32 +867,36 @@ fn backend_speaks_both_abis_to_a_raw_frontend() {
 #[cfg(feature = "backend")]
 #[test]
 fn missing_protocol_key_means_x86_32_for_linux_and_native_for_netbsd() {
-    let expected = if cfg!(feature = "ring-netbsd") { Protocol::native() } else { Protocol::X86_32 };
-    let mut w = WireB::new(RamDisk::new(4096), BackendConfig::default(), false, |f| {
-        f.write_protocol = false;
-        f.ring_protocol = expected;
+    big_stack(|| {
+        let expected = if cfg!(feature = "ring-netbsd") { Protocol::native() } else { Protocol::X86_32 };
+        let mut w = WireB::new(RamDisk::new(4096), BackendConfig::default(), false, |f| {
+            f.write_protocol = false;
+            f.ring_protocol = expected;
+        });
+        assert!(w.connected());
+        assert!(!w.hv.xs_exists(&format!("{}/protocol", w.spec.frontend_path())));
+        assert_eq!(w.back.negotiated().unwrap().protocol, expected);
+        let data = pattern(2, 5 * 4096);
+        w.front.submit(&mut w.guest, 0, data.len(), Some(&data));
+        assert_eq!(w.one().status, RSP_OKAY);
+        let mut b = vec![0u8; data.len()];
+        w.disk.read_at(0, &mut b).unwrap();
+        assert_eq!(b, data, "the default ABI was not the one assumed");
     });
-    assert!(w.connected());
-    assert!(!w.hv.xs_exists(&format!("{}/protocol", w.spec.frontend_path())));
-    assert_eq!(w.back.negotiated().unwrap().protocol, expected);
-    let data = pattern(2, 5 * 4096);
-    w.front.submit(&mut w.guest, 0, data.len(), Some(&data));
-    assert_eq!(w.one().status, RSP_OKAY);
-    let mut b = vec![0u8; data.len()];
-    w.disk.read_at(0, &mut b).unwrap();
-    assert_eq!(b, data, "the default ABI was not the one assumed");
 }
 
 /// Our frontend always writes `protocol`, so the backend's default never applies to it.
 #[cfg(feature = "frontend")]
 #[test]
 fn frontend_always_writes_protocol() {
-    let w = WireF::new(RamDisk::new(1024), |d, dir, disk| RawBackend::new(d, dir, disk, false));
-    assert_eq!(w.front.phase(), Phase::Connected);
-    assert_eq!(
-        xs(&w.hv, &format!("{}/protocol", w.spec.frontend_path())).as_deref(),
-        Some(Protocol::native().as_str())
-    );
+    big_stack(|| {
+        let w = WireF::new(RamDisk::new(1024), |d, dir, disk| RawBackend::new(d, dir, disk, false));
+        assert_eq!(w.front.phase(), Phase::Connected);
+        assert_eq!(
+            xs(&w.hv, &format!("{}/protocol", w.spec.frontend_path())).as_deref(),
+            Some(Protocol::native().as_str())
+        );
+    });
 }
 
 // ============================================================ 6. NetBSD dialect quirks
@@ -919,24 +948,27 @@ fn netbsd_backend_connected_before_the_ring_is_published_is_served() {
 #[cfg(feature = "backend")]
 #[test]
 fn netbsd_frontend_reading_features_at_attach_sees_what_the_profile_publishes() {
-    let hv = Hypervisor::new();
-    let mut dom0 = hv.take_dom0().unwrap();
-    let guest = hv.create_domain(256);
-    let spec = VbdSpec::new(guest.id(), DomId::DOM0, DEVID);
-    hv.add_vbd(&spec).unwrap();
-    let _back = Backend::probe(&mut dom0, &spec.backend_path(), BackendConfig::default(), RamDisk::new(64), 1).unwrap();
-    let be = |k: &str| xs(&hv, &format!("{}/{k}", spec.backend_path()));
-    // What an attaching NetBSD frontend reads now.
-    let ind: u32 = be("feature-max-indirect-segments").unwrap().parse().unwrap();
-    assert!(ind >= 17, "NetBSD xbd would not use indirect with {ind}");
-    if cfg!(feature = "ring-netbsd") {
-        assert_eq!(be("feature-flush-cache").as_deref(), Some("1"));
-        assert_eq!(be("sector-size").as_deref(), Some("512"));
-        assert_eq!(be("state").as_deref(), Some("4"));
-    } else {
-        assert!(be("feature-flush-cache").is_none(), "linux profile published flush before Connected");
-        assert_eq!(be("state").as_deref(), Some("2"));
-    }
+    big_stack(|| {
+        let hv = Hypervisor::new();
+        let mut dom0 = hv.take_dom0().unwrap();
+        let guest = hv.create_domain(256);
+        let spec = VbdSpec::new(guest.id(), DomId::DOM0, DEVID);
+        hv.add_vbd(&spec).unwrap();
+        let _back =
+            Backend::probe(&mut dom0, &spec.backend_path(), BackendConfig::default(), RamDisk::new(64), 1).unwrap();
+        let be = |k: &str| xs(&hv, &format!("{}/{k}", spec.backend_path()));
+        // What an attaching NetBSD frontend reads now.
+        let ind: u32 = be("feature-max-indirect-segments").unwrap().parse().unwrap();
+        assert!(ind >= 17, "NetBSD xbd would not use indirect with {ind}");
+        if cfg!(feature = "ring-netbsd") {
+            assert_eq!(be("feature-flush-cache").as_deref(), Some("1"));
+            assert_eq!(be("sector-size").as_deref(), Some("512"));
+            assert_eq!(be("state").as_deref(), Some("4"));
+        } else {
+            assert!(be("feature-flush-cache").is_none(), "linux profile published flush before Connected");
+            assert_eq!(be("state").as_deref(), Some("2"));
+        }
+    });
 }
 
 /// NetBSD xbd grants write data read-only. A backend that negotiated persistence cannot
@@ -944,24 +976,27 @@ fn netbsd_frontend_reading_features_at_attach_sees_what_the_profile_publishes() 
 #[cfg(feature = "backend")]
 #[test]
 fn netbsd_readonly_write_grants_are_served_without_persistent_mappings() {
-    for persistent in [false, true] {
-        let mut w = WireB::new(RamDisk::new(4096), BackendConfig::default(), persistent, |f| f.readonly_writes = true);
-        assert!(w.connected());
-        assert_eq!(w.back.negotiated().unwrap().persistent, persistent);
-        for t in 0..4u8 {
-            w.front.submit(&mut w.guest, t as u64 * 8, 4096, Some(&pattern(t, 4096)));
-            // The raw frontend ends every read-only grant at completion and panics if the
-            // backend still maps one.
-            assert_eq!(w.one().status, RSP_OKAY);
+    big_stack(|| {
+        for persistent in [false, true] {
+            let mut w =
+                WireB::new(RamDisk::new(4096), BackendConfig::default(), persistent, |f| f.readonly_writes = true);
+            assert!(w.connected());
+            assert_eq!(w.back.negotiated().unwrap().persistent, persistent);
+            for t in 0..4u8 {
+                w.front.submit(&mut w.guest, t as u64 * 8, 4096, Some(&pattern(t, 4096)));
+                // The raw frontend ends every read-only grant at completion and panics if the
+                // backend still maps one.
+                assert_eq!(w.one().status, RSP_OKAY);
+            }
+            assert_eq!(w.back.cache().1, 0, "a read-only grant was cached persistently");
+            assert_eq!(w.dom0.live_mappings(), 1, "only the ring may stay mapped");
+            for t in 0..4u8 {
+                let mut b = vec![0u8; 4096];
+                w.disk.read_at(t as u64 * 8 * 512, &mut b).unwrap();
+                assert_eq!(b, pattern(t, 4096));
+            }
         }
-        assert_eq!(w.back.cache().1, 0, "a read-only grant was cached persistently");
-        assert_eq!(w.dom0.live_mappings(), 1, "only the ring may stay mapped");
-        for t in 0..4u8 {
-            let mut b = vec![0u8; 4096];
-            w.disk.read_at(t as u64 * 8 * 512, &mut b).unwrap();
-            assert_eq!(b, pattern(t, 4096));
-        }
-    }
+    });
 }
 
 /// A NetBSD-like frontend: read-only write grants, no `feature-persistent`, 17 segments
@@ -969,15 +1004,17 @@ fn netbsd_readonly_write_grants_are_served_without_persistent_mappings() {
 #[cfg(feature = "backend")]
 #[test]
 fn netbsd_style_17_segment_indirect_write_with_readonly_grants_is_served() {
-    let mut w = WireB::new(RamDisk::new(4096), BackendConfig::default(), false, |f| f.readonly_writes = true);
-    assert!(w.connected());
-    let data = pattern(4, 17 * 4096);
-    w.front.submit_indirect(&mut w.guest, 32, data.len(), Some(&data));
-    assert_eq!(w.one().status, RSP_OKAY);
-    let mut b = vec![0u8; data.len()];
-    w.disk.read_at(32 * 512, &mut b).unwrap();
-    assert!(b == data);
-    assert_eq!(w.dom0.live_mappings(), 1);
+    big_stack(|| {
+        let mut w = WireB::new(RamDisk::new(4096), BackendConfig::default(), false, |f| f.readonly_writes = true);
+        assert!(w.connected());
+        let data = pattern(4, 17 * 4096);
+        w.front.submit_indirect(&mut w.guest, 32, data.len(), Some(&data));
+        assert_eq!(w.one().status, RSP_OKAY);
+        let mut b = vec![0u8; data.len()];
+        w.disk.read_at(32 * 512, &mut b).unwrap();
+        assert!(b == data);
+        assert_eq!(w.dom0.live_mappings(), 1);
+    });
 }
 
 /// `physical-device` from the hotplug script: hex `MAJ:MIN` (Linux) or a decimal `dev_t`
@@ -985,30 +1022,32 @@ fn netbsd_style_17_segment_indirect_write_with_readonly_grants_is_served() {
 #[cfg(feature = "backend")]
 #[test]
 fn physical_device_is_parsed_in_hex_and_decimal_dialects() {
-    use xenblk::modes::backend::{PhysicalDevice, parse_physical_device};
-    assert_eq!(parse_physical_device("fd:3"), Some(PhysicalDevice::MajorMinor(0xfd, 3)));
-    assert_eq!(parse_physical_device("ca:10"), Some(PhysicalDevice::MajorMinor(0xca, 0x10)));
-    assert_eq!(parse_physical_device("3588"), Some(PhysicalDevice::DevT(3588)));
-    for bad in ["", "fd:", ":3", "xyz", "12:zz", "-1", "1:2:3"] {
-        assert_eq!(parse_physical_device(bad), None, "{bad:?} accepted");
-    }
-    for (value, want) in [("2051", PhysicalDevice::DevT(2051)), ("8:3", PhysicalDevice::MajorMinor(8, 3))] {
-        let hv = Hypervisor::new();
-        let mut dom0 = hv.take_dom0().unwrap();
-        let mut guest = hv.create_domain(256);
-        let mut spec = VbdSpec::new(guest.id(), DomId::DOM0, DEVID);
-        spec.physical_device = value.to_string();
-        hv.add_vbd(&spec).unwrap();
-        let mut back =
-            Backend::probe(&mut dom0, &spec.backend_path(), BackendConfig::default(), RamDisk::new(64), 1).unwrap();
-        let mut front = RawFrontend::new(&mut guest, &spec.frontend_path(), false);
-        for _ in 0..5 {
-            front.step(&mut guest);
-            back.on_xenstore(&mut dom0);
+    big_stack(|| {
+        use xenblk::modes::backend::{PhysicalDevice, parse_physical_device};
+        assert_eq!(parse_physical_device("fd:3"), Some(PhysicalDevice::MajorMinor(0xfd, 3)));
+        assert_eq!(parse_physical_device("ca:10"), Some(PhysicalDevice::MajorMinor(0xca, 0x10)));
+        assert_eq!(parse_physical_device("3588"), Some(PhysicalDevice::DevT(3588)));
+        for bad in ["", "fd:", ":3", "xyz", "12:zz", "-1", "1:2:3"] {
+            assert_eq!(parse_physical_device(bad), None, "{bad:?} accepted");
         }
-        assert_eq!(back.phase(), BackPhase::Connected);
-        assert_eq!(back.physical_device(), Some(want), "{value}");
-    }
+        for (value, want) in [("2051", PhysicalDevice::DevT(2051)), ("8:3", PhysicalDevice::MajorMinor(8, 3))] {
+            let hv = Hypervisor::new();
+            let mut dom0 = hv.take_dom0().unwrap();
+            let mut guest = hv.create_domain(256);
+            let mut spec = VbdSpec::new(guest.id(), DomId::DOM0, DEVID);
+            spec.physical_device = value.to_string();
+            hv.add_vbd(&spec).unwrap();
+            let mut back =
+                Backend::probe(&mut dom0, &spec.backend_path(), BackendConfig::default(), RamDisk::new(64), 1).unwrap();
+            let mut front = RawFrontend::new(&mut guest, &spec.frontend_path(), false);
+            for _ in 0..5 {
+                front.step(&mut guest);
+                back.on_xenstore(&mut dom0);
+            }
+            assert_eq!(back.phase(), BackPhase::Connected);
+            assert_eq!(back.physical_device(), Some(want), "{value}");
+        }
+    });
 }
 
 // ============================================================ 7. resume and migration

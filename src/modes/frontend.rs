@@ -227,6 +227,8 @@ pub enum Status {
 #[derive(Debug)]
 pub struct Buffer {
     pages: heapless::Vec<u16, MAX_DATA_PAGES>,
+    /// The queue whose pool the pages come from.
+    pool: u8,
 }
 
 impl Buffer {
@@ -262,6 +264,9 @@ struct Shadow {
     issued: bool,
     /// The queue it was issued on.
     queue: u8,
+    /// The queue whose pool holds its pages (its queue unless a reconnect changed the
+    /// number of queues).
+    pool: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,7 +367,9 @@ pub struct Frontend {
     rings: heapless::Vec<RingState, MAX_QUEUES>,
     /// Next queue to try first (round robin).
     next_queue: usize,
-    pool: FrontPool,
+    /// One pool of granted pages per queue (Linux blkfront keeps one per ring): a page
+    /// serves one ring only, so each backend ring's persistent cache sees its own pages.
+    pools: heapless::Vec<FrontPool, MAX_QUEUES>,
     ids: IdTable,
     shadows: heapless::Vec<Option<Shadow>, MAX_IDS>,
     /// Requests waiting to be (re)issued, oldest first (ids into `shadows`).
@@ -419,7 +426,7 @@ impl Frontend {
             phase: Phase::WaitBackend,
             rings: heapless::Vec::new(),
             next_queue: 0,
-            pool: FrontPool::new(cfg.pool_grants, backend_id),
+            pools: (0..MAX_QUEUES).map(|_| FrontPool::new(cfg.pool_grants, backend_id)).collect(),
             ids: IdTable::new(0),
             shadows,
             backlog: heapless::Deque::new(),
@@ -447,7 +454,16 @@ impl Frontend {
     }
     /// Pool counters.
     pub fn pool_stats(&self) -> crate::pool::front::PoolStats {
-        self.pool.stats()
+        let mut t = crate::pool::front::PoolStats::default();
+        for p in &self.pools {
+            let s = p.stats();
+            t.grants += s.grants;
+            t.revokes += s.revokes;
+            t.kept_mapped += s.kept_mapped;
+            t.parked += s.parked;
+            t.pages += s.pages;
+        }
+        t
     }
     /// Requests in flight (issued or waiting to be re-issued).
     pub fn in_flight(&self) -> usize {
@@ -478,6 +494,33 @@ impl Frontend {
     fn has_room(&self) -> bool {
         self.rings.iter().any(|r| !r.ring.is_full())
     }
+    /// The pool (queue) for a lent buffer of `pages` pages: round robin over the queues in
+    /// use, preferring one whose pool has room.
+    fn pick_pool(&mut self, pages: usize) -> usize {
+        let n = self.rings.len().max(1);
+        for k in 0..n {
+            let q = (self.next_queue + k) % n;
+            if self.pools[q].available() >= pages {
+                self.next_queue = (q + 1) % n;
+                return q;
+            }
+        }
+        self.next_queue % n
+    }
+
+    /// A queue whose ring has a free slot and whose pool has `pages` pages, round robin.
+    fn pick_room(&mut self, pages: usize) -> Option<usize> {
+        let n = self.rings.len();
+        for k in 0..n {
+            let q = (self.next_queue + k) % n;
+            if !self.rings[q].ring.is_full() && self.pools[q].available() >= pages {
+                self.next_queue = (q + 1) % n;
+                return Some(q);
+            }
+        }
+        None
+    }
+
     /// A queue with a free slot, round robin.
     fn pick_queue(&mut self) -> Option<usize> {
         let n = self.rings.len();
@@ -511,7 +554,7 @@ impl Frontend {
         let ind = self.neg.indirect_segments as usize;
         let segs =
             if ind > MAX_SEGMENTS_PER_REQUEST { ind.min(self.cfg.max_segments) } else { MAX_SEGMENTS_PER_REQUEST };
-        segs.min(MAX_DATA_PAGES).min(self.pool.limit().saturating_sub(self.indirect_pages_for(segs)))
+        segs.min(MAX_DATA_PAGES).min(self.pools[0].limit().saturating_sub(self.indirect_pages_for(segs)))
     }
 
     fn indirect_pages_for(&self, segs: usize) -> usize {
@@ -610,7 +653,9 @@ impl Frontend {
         self.backend_dir.clear();
         let _ = self.backend_dir.push_str(&backend_dir);
         self.backend_id = backend_id;
-        self.pool.set_peer(backend_id);
+        for p in self.pools.iter_mut() {
+            p.set_peer(backend_id);
+        }
         plat.watch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token).map_err(AttachError::Platform)?;
         self.neg = Negotiated::default();
         xs::write_state(plat, &self.dir, XenbusState::Initialising).map_err(AttachError::Platform)?;
@@ -621,7 +666,7 @@ impl Frontend {
 
     /// Retries pages an earlier backend kept mapped; returns how many are still held.
     pub fn reap<P: FrontendPlatform>(&mut self, plat: &mut P) -> usize {
-        self.pool.reap_parked(plat) + self.pool.orphans()
+        self.pools.iter_mut().map(|p| p.reap_parked(plat) + p.orphans()).sum()
     }
 
     /// Asks to close the device (front-initiated). In-flight requests still complete.
@@ -791,6 +836,11 @@ impl Frontend {
         let slots: usize = self.rings.iter().map(|r| r.ring.size() as usize).sum();
         self.ids.set_limit(slots);
         self.next_queue = 0;
+        // The configured pages are shared out over the queues in use.
+        let per_queue = (self.cfg.pool_grants / nq).max(1);
+        for p in self.pools.iter_mut() {
+            p.set_limit(per_queue);
+        }
         self.neg.ring_order = order;
         self.neg.queues = nq as u32;
         self.phase = Phase::Initialised;
@@ -880,7 +930,9 @@ impl Frontend {
             }
         }
         self.drop_ring(plat);
-        self.pool.release_all(plat);
+        for p in self.pools.iter_mut() {
+            p.release_all(plat);
+        }
     }
 
     /// Unbinds the event channel and ends the ring's grants; the ring pages are freed only
@@ -934,9 +986,10 @@ impl Frontend {
         if n > MAX_DATA_PAGES {
             return Err(SubmitError::TooLarge);
         }
-        let mut b = Buffer { pages: heapless::Vec::new() };
+        let q = self.pick_pool(n);
+        let mut b = Buffer { pages: heapless::Vec::new(), pool: q as u8 };
         for _ in 0..n {
-            match self.pool.get(plat, false) {
+            match self.pools[q].get(plat, false) {
                 Ok(i) => {
                     let _ = b.pages.push(i);
                 }
@@ -951,7 +1004,7 @@ impl Frontend {
 
     /// Page `i` of a lent buffer, to fill or read directly.
     pub fn buffer_page(&self, buf: &Buffer, i: usize) -> SharedMem {
-        self.pool.page(buf.pages[i])
+        self.pools[buf.pool as usize].page(buf.pages[i])
     }
 
     /// Copies `data` into a lent buffer at byte offset `off` (a convenience; the zero-copy
@@ -965,21 +1018,21 @@ impl Frontend {
                 break;
             }
             let n = (data.len() - done).min(PAGE_SIZE - po);
-            self.pool.page(buf.pages[pi]).copy_from_private(po, &data[done..done + n]);
+            self.pools[buf.pool as usize].page(buf.pages[pi]).copy_from_private(po, &data[done..done + n]);
             done += n;
         }
     }
 
     /// Copies out of a lent buffer.
     pub fn buffer_read(&self, buf: &Buffer, dst: &mut [u8]) -> usize {
-        copy_out(&self.pool, &buf.pages, dst, buf.capacity())
+        copy_out(&self.pools[buf.pool as usize], &buf.pages, dst, buf.capacity())
     }
 
     /// Gives a lent buffer back to the pool.
     pub fn free_buffer<P: FrontendPlatform>(&mut self, plat: &mut P, buf: Buffer) {
         let persistent = self.neg.persistent;
         for &i in &buf.pages {
-            if self.pool.put(plat, i, persistent).is_err() {
+            if self.pools[buf.pool as usize].put(plat, i, persistent).is_err() {
                 self.fail(plat, FailReason::GrantStillMapped);
             }
         }
@@ -1016,6 +1069,7 @@ impl Frontend {
             kind: ShadowKind::Rw(op),
             sector,
             bytes: bytes as u32,
+            pool: buf.pool,
             data: Data::Lent(buf),
             indirect: heapless::Vec::new(),
             issued: false,
@@ -1026,7 +1080,7 @@ impl Frontend {
                 self.ids.free(id as u64);
                 (e, b)
             }
-            _ => (e, Buffer { pages: heapless::Vec::new() }),
+            _ => (e, Buffer { pages: heapless::Vec::new(), pool: 0 }),
         })
     }
 
@@ -1086,27 +1140,26 @@ impl Frontend {
             self.check_rw(op, sector, bytes)?;
         }
         let pages_needed = bytes.div_ceil(PAGE_SIZE);
-        if !self.has_room() || self.pool.available() < pages_needed + self.indirect_pages_for(pages_needed) {
-            return Err(SubmitError::Busy);
-        }
+        let need = pages_needed + self.indirect_pages_for(pages_needed);
+        let Some(q) = self.pick_room(need) else { return Err(SubmitError::Busy) };
         let id = self.ids.alloc().ok_or(SubmitError::Busy)?;
         let readonly = crate::profile::FRONTEND_READONLY_WRITE_GRANTS
             && !self.neg.persistent
             && matches!(kind, ShadowKind::Rw(op) if op.is_write());
         let mut pages: heapless::Vec<u16, MAX_DATA_PAGES> = heapless::Vec::new();
         for i in 0..pages_needed {
-            match self.pool.get(plat, readonly) {
+            match self.pools[q].get(plat, readonly) {
                 Ok(p) => {
                     if let Some(d) = data {
                         let lo = i * PAGE_SIZE;
                         let hi = (lo + PAGE_SIZE).min(d.len());
-                        self.pool.page(p).copy_from_private(0, &d[lo..hi]);
+                        self.pools[q].page(p).copy_from_private(0, &d[lo..hi]);
                     }
                     let _ = pages.push(p);
                 }
                 Err(e) => {
                     for &p in &pages {
-                        self.pool.put_unused(p);
+                        self.pools[q].put_unused(p);
                     }
                     self.ids.free(id as u64);
                     return Err(pool_err(e));
@@ -1121,14 +1174,15 @@ impl Frontend {
             data: if pages.is_empty() { Data::None } else { Data::Pool(pages) },
             indirect: heapless::Vec::new(),
             issued: false,
-            queue: 0,
+            queue: q as u8,
+            pool: q as u8,
         });
         if let Err(e) = self.finish_submit(plat, id) {
             if let Some(sh) = self.shadows[id as usize].take()
                 && let Data::Pool(p) = sh.data
             {
                 for &i in &p {
-                    self.pool.put_unused(i);
+                    self.pools[q].put_unused(i);
                 }
             }
             self.ids.free(id as u64);
@@ -1148,6 +1202,8 @@ impl Frontend {
         let persistent = self.neg.persistent;
         let indirect_max = self.neg.indirect_segments as usize;
         let Some(sh) = self.shadows[id as usize].as_mut() else { return Err(SubmitError::Failed) };
+        let pq = sh.pool as usize;
+        let pool = &mut self.pools[pq];
         let used = (sh.bytes as usize).div_ceil(PAGE_SIZE);
         let pages: heapless::Vec<u16, MAX_DATA_PAGES> = match &sh.data {
             Data::Pool(p) => p.iter().take(used).copied().collect(),
@@ -1158,7 +1214,7 @@ impl Frontend {
         let readonly = crate::profile::FRONTEND_READONLY_WRITE_GRANTS && !persistent && write;
         // Make sure every page is granted (after a reconnect the grants were ended).
         for &p in &pages {
-            self.pool.ensure_granted(plat, p, readonly).map_err(pool_err)?;
+            pool.ensure_granted(plat, p, readonly).map_err(pool_err)?;
         }
         let nseg = pages.len();
         let bytes = sh.bytes as usize;
@@ -1171,7 +1227,7 @@ impl Frontend {
             ShadowKind::Rw(op) if nseg <= MAX_SEGMENTS_PER_REQUEST => {
                 let mut segs = SegList::new();
                 for (i, &p) in pages.iter().enumerate() {
-                    let _ = segs.push(seg_of(i, self.pool.gref(p)));
+                    let _ = segs.push(seg_of(i, pool.gref(p)));
                 }
                 ReqKind::Rw { op, segs }
             }
@@ -1179,17 +1235,20 @@ impl Frontend {
                 if nseg > indirect_max || !matches!(op, RwOp::Read | RwOp::Write) {
                     return Err(SubmitError::TooLarge);
                 }
-                // Indirect: segment descriptors in pooled pages (persistent too).
+                // Indirect: segment descriptors in pooled pages. With persistence they are
+                // granted read-write like data pages, so the backend can keep them mapped
+                // (its persistent mappings are read-write); otherwise read-only.
+                let ind_ro = !persistent;
                 let npages = nseg.div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
                 if sh.indirect.is_empty() {
                     for _ in 0..npages {
-                        match self.pool.get(plat, true) {
+                        match pool.get(plat, ind_ro) {
                             Ok(ip) => {
                                 let _ = sh.indirect.push(ip);
                             }
                             Err(e) => {
                                 for &ip in &sh.indirect {
-                                    self.pool.put_unused(ip);
+                                    pool.put_unused(ip);
                                 }
                                 sh.indirect.clear();
                                 return Err(pool_err(e));
@@ -1198,18 +1257,18 @@ impl Frontend {
                     }
                 } else {
                     for &ip in &sh.indirect {
-                        self.pool.ensure_granted(plat, ip, true).map_err(pool_err)?;
+                        pool.ensure_granted(plat, ip, ind_ro).map_err(pool_err)?;
                     }
                 }
                 let mut grefs = heapless::Vec::new();
                 for (pi, &ip) in sh.indirect.iter().enumerate() {
-                    let page = self.pool.page(ip);
+                    let page = pool.page(ip);
                     let first = pi * SEGMENTS_PER_INDIRECT_PAGE;
                     let last = (first + SEGMENTS_PER_INDIRECT_PAGE).min(nseg);
                     for (k, i) in (first..last).enumerate() {
-                        page.write_bytes(k * 8, &seg_of(i, self.pool.gref(pages[i])).encode());
+                        page.write_bytes(k * 8, &seg_of(i, pool.gref(pages[i])).encode());
                     }
-                    let _ = grefs.push(self.pool.gref(ip).0);
+                    let _ = grefs.push(pool.gref(ip).0);
                 }
                 ReqKind::Indirect { op, nr_segments: nseg as u16, pages: grefs }
             }
@@ -1218,7 +1277,19 @@ impl Frontend {
         if self.rings.is_empty() {
             return Err(SubmitError::NotConnected);
         }
-        let Some(q) = self.pick_queue() else { return Err(SubmitError::Busy) };
+        // A request goes to the ring of its pool's queue (so each backend ring keeps seeing
+        // the same pages); only after a reconnect to fewer queues to any ring with room.
+        let q = if pq < self.rings.len() {
+            if self.rings[pq].ring.is_full() {
+                return Err(SubmitError::Busy);
+            }
+            pq
+        } else {
+            match self.pick_queue() {
+                Some(q) => q,
+                None => return Err(SubmitError::Busy),
+            }
+        };
         let r = &mut self.rings[q];
         if !r.ring.put_request(&req) {
             return Err(SubmitError::Busy);
@@ -1328,6 +1399,7 @@ impl Frontend {
         f: &mut impl FnMut(&mut Completion<'_>),
     ) -> bool {
         let Some(mut sh) = self.shadows[id as usize].take() else { return true };
+        let pq = sh.pool as usize;
         self.ids.free(id as u64);
         self.stats.completed += 1;
         if status != Status::Ok {
@@ -1339,7 +1411,7 @@ impl Frontend {
         // must have let go of every page by now).
         if let Data::Lent(b) = &sh.data {
             for &p in &b.pages {
-                if self.pool.settle(plat, p, persistent).is_err() {
+                if self.pools[pq].settle(plat, p, persistent).is_err() {
                     ok = false;
                 }
             }
@@ -1350,7 +1422,7 @@ impl Frontend {
                 status: if ok { status } else { Status::Error },
                 sector: sh.sector,
                 bytes: sh.bytes,
-                pool: &self.pool,
+                pool: &self.pools[pq],
                 data: &mut sh.data,
             };
             f(&mut c);
@@ -1358,14 +1430,14 @@ impl Frontend {
         match sh.data {
             Data::Pool(p) => {
                 for &i in &p {
-                    if self.pool.put(plat, i, persistent).is_err() {
+                    if self.pools[pq].put(plat, i, persistent).is_err() {
                         ok = false;
                     }
                 }
             }
             Data::Lent(b) => {
                 for &i in &b.pages {
-                    if self.pool.put(plat, i, persistent).is_err() {
+                    if self.pools[pq].put(plat, i, persistent).is_err() {
                         ok = false;
                     }
                 }
@@ -1373,7 +1445,7 @@ impl Frontend {
             Data::None => {}
         }
         for &i in &sh.indirect {
-            if self.pool.put(plat, i, persistent).is_err() {
+            if self.pools[pq].put(plat, i, persistent).is_err() {
                 ok = false;
             }
         }
@@ -1530,7 +1602,9 @@ impl Frontend {
     pub fn shutdown<P: FrontendPlatform>(mut self, plat: &mut P) {
         let _ = plat.unwatch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token);
         self.disconnect(plat);
-        self.pool.free_pages(plat);
+        for p in self.pools.iter_mut() {
+            p.free_pages(plat);
+        }
     }
 }
 
