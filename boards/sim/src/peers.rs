@@ -644,4 +644,10 @@ impl RawBackend {
     pub fn port(&self) -> Option<Port> {
         self.ring.as_ref().map(|r| r.2)
     }
+
+    /// Every event channel of the connection (one: this peer serves one queue), like
+    /// `Backend::ports`.
+    pub fn ports(&self) -> Vec<Port> {
+        self.port().into_iter().collect()
+    }
 }
