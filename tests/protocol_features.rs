@@ -1161,3 +1161,43 @@ fn resume_against_a_fresh_backend_rereads_every_feature() {
         assert_eq!(p.read(0, 4096, 2), pattern(1, 4096));
     });
 }
+
+/// NetBSD xbd grants the pages of write requests read-only (no persistence); Linux
+/// blkfront grants them read-write. Our frontend follows its profile when persistence is
+/// off: the grant table entries of a queued write show it.
+#[cfg(feature = "frontend")]
+#[test]
+fn frontend_write_grants_are_readonly_only_in_the_netbsd_profile() {
+    big_stack(|| {
+        use xenblk::proto::grant::{GTF_PERMIT_ACCESS, GTF_READONLY, GTF_TYPE_MASK, GrantRef};
+        let mut w = WireF::new(RamDisk::new(1024), |d, dir, disk| RawBackend::new(d, dir, disk, false));
+        assert_eq!(w.front.phase(), Phase::Connected);
+        assert!(!w.front.negotiated().persistent);
+        let count = |w: &WireF| {
+            let gt = w.guest.grant_table();
+            let (mut ro, mut rw) = (0, 0);
+            for r in 0..gt.len() {
+                if let Some(e) = gt.read(GrantRef(r))
+                    && e.flags & GTF_TYPE_MASK == GTF_PERMIT_ACCESS
+                {
+                    if e.flags & GTF_READONLY != 0 { ro += 1 } else { rw += 1 }
+                }
+            }
+            (ro, rw)
+        };
+        let before = count(&w);
+        w.front.submit(&mut w.guest, Io::Write { sector: 0, data: &pattern(1, 3 * 4096) }, 1).unwrap();
+        let after = count(&w);
+        let (ro, rw) = (after.0 - before.0, after.1 - before.1);
+        if cfg!(feature = "ring-netbsd") {
+            assert_eq!((ro, rw), (3, 0), "netbsd profile: write data must be granted read-only");
+        } else {
+            assert_eq!((ro, rw), (0, 3), "linux profile: write data is granted read-write");
+        }
+        w.pump();
+        assert_eq!(w.status(1), Status::Ok);
+        let mut b = vec![0u8; 3 * 4096];
+        w.disk.read_at(0, &mut b).unwrap();
+        assert_eq!(b, pattern(1, 3 * 4096));
+    });
+}

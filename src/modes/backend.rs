@@ -4,6 +4,11 @@
 //! [`Backend::process`] when the frontend's event channel does. Requests are served
 //! synchronously against a [`Storage`]; every consumed request gets exactly one response.
 //!
+//! Queues: the backend offers `multi-queue-max-queues` (config `ring.queues` > 1) and serves
+//! as many rings as the frontend asks for (`multi-queue-num-queues`, keys under `queue-N/`),
+//! each with its own event channel and its own persistent-grant cache; [`Backend::process`]
+//! serves every queue ([`Backend::ports`] lists their event channels).
+//!
 //! Data paths: with persistent grants negotiated, each segment's grant is looked up in the
 //! ring's [`GrantCache`] and mapped (read-write, once) on a miss; the mapping is kept. Without
 //! persistence every segment is mapped for the request (read-only for writes) and unmapped when

@@ -20,6 +20,13 @@
 //! InitWait after a restart) the frontend tears its ring down, keeps every in-flight request,
 //! and re-issues them all on the next connect.
 //!
+//! Queues: with `multi-queue-max-queues` offered and config `ring.queues` > 1 the frontend
+//! uses one ring per queue (`queue-N/ring-ref*`, `queue-N/event-channel`), each with its
+//! own event channel and its own pool of granted pages (`frontend.pool_grants` is shared
+//! out over the queues in use); requests go round robin. With one queue the keys are at the
+//! top level. [`Frontend::resume`] rebuilds everything after suspend/resume or migration,
+//! possibly against a backend in another domain.
+//!
 //! Hostile backends: each response is copied once; `rsp_prod` is checked against the
 //! requests outstanding; the id must be in flight and the operation must match the request;
 //! a page the backend keeps mapped without persistence is never reused. Any violation fails
