@@ -10,7 +10,7 @@
 //! | queues | up to 16 | 1 |
 //! | ABI when `protocol` is missing | x86_32 (Linux blkback on x86) | native |
 //! | backend goes Connected | after mapping the frontend's ring | as soon as the disk is open |
-//! | frontend reads backend features | when the backend is Connected | at attach (and again at Connected) |
+//! | frontend reads backend features | when the backend is Connected | same (NetBSD xbd's attach-time read is not copied; the netbsd backend publishes them before its early Connected) |
 //! | write grants from the frontend | read-write (persistence possible) | read-only when not persistent |
 //! | `physical-device` | hex `MAJ:MIN` | decimal accepted too |
 //! | frontend uses indirect descriptors when offered | more than 11 segments | at least 17 |

@@ -552,6 +552,25 @@ fn discard_offers_granularity_alignment_secure_and_reaches_the_storage() {
 
 #[cfg(all(feature = "frontend", feature = "backend"))]
 #[test]
+fn secure_discard_is_negotiated_and_served_when_the_storage_offers_it() {
+    big_stack(|| {
+        let disk = RamDisk::new(4096);
+        disk.set_discard(true);
+        disk.set_discard_secure(true);
+        let mut p = Pair::new(disk, FrontendConfig::default(), BackendConfig::default());
+        assert_eq!(p.be("discard-secure").as_deref(), Some("1"));
+        assert!(p.front.negotiated().discard_secure);
+        p.write(16, &pattern(5, 4096), 1);
+        p.front.submit(&mut p.guest, Io::Discard { sector: 16, sectors: 8, secure: true }, 2).unwrap();
+        p.pump();
+        assert_eq!(p.status(2), Status::Ok);
+        assert_eq!(p.disk.stats().discards, 1);
+        assert!(p.read(16, 4096, 3).iter().all(|&b| b == 0));
+    });
+}
+
+#[cfg(all(feature = "frontend", feature = "backend"))]
+#[test]
 fn frontend_refuses_flush_and_discard_the_backend_did_not_offer() {
     big_stack(|| {
         let disk = RamDisk::new(4096);
