@@ -10,9 +10,10 @@
 //! | queues | up to 16 | 1 |
 //! | ABI when `protocol` is missing | x86_32 (Linux blkback on x86) | native |
 //! | backend goes Connected | after mapping the frontend's ring | as soon as the disk is open |
-//! | frontend reads backend features | when the backend is Connected | at attach (and again at Connected) |
+//! | frontend reads backend features | when the backend is Connected | same (NetBSD xbd's attach-time read is not copied; the netbsd backend publishes them before its early Connected) |
 //! | write grants from the frontend | read-write (persistence possible) | read-only when not persistent |
 //! | `physical-device` | hex `MAJ:MIN` | decimal accepted too |
+//! | frontend uses indirect descriptors when offered | more than 11 segments | at least 17 |
 
 use crate::proto::blkif::Protocol;
 
@@ -32,6 +33,11 @@ pub const DEFAULT_PROTOCOL: Protocol =
 /// Whether the backend announces Connected before the frontend published its ring
 /// (NetBSD xbdback) rather than after mapping it (Linux blkback).
 pub const BACKEND_CONNECTS_EARLY: bool = cfg!(feature = "ring-netbsd");
+
+/// Fewest indirect segments a backend must offer before the frontend uses indirect
+/// descriptors: NetBSD xbd needs MAXPHYS/PAGE_SIZE + 1 = 17; Linux blkfront uses any offer
+/// above the 11 direct segments.
+pub const FRONTEND_MIN_INDIRECT_SEGMENTS: u32 = if cfg!(feature = "ring-netbsd") { 17 } else { 12 };
 
 /// Whether the frontend grants pages of write requests read-only when persistence is off
 /// (NetBSD xbd); Linux always grants read-write.

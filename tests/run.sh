@@ -79,6 +79,22 @@ logging() {
 
 nostd() { bash boards/nostd-check/check.sh; }
 
+# tests/protocol_features.rs again under the wide configs (multi-page rings, 4 queues,
+# 520-segment requests, 8 indirect pages; and NetBSD's 17-segment requests), both roles.
+# Its own target directory: a different config rebuilds the crate.
+protocol_wide() {
+    local t="$root/target/protocol-cfg"
+    XENBLK_CONFIG=configs/protocol.cfg CARGO_TARGET_DIR="$t" \
+        cargo test -p xenblk --no-default-features --features frontend,backend,pool-static,ring-linux \
+        --test protocol_features
+    XENBLK_CONFIG=configs/protocol.cfg CARGO_TARGET_DIR="$t" \
+        cargo test -p xenblk --no-default-features --features frontend,backend,pool-dynamic,ring-linux \
+        --test protocol_features
+    XENBLK_CONFIG=configs/netbsd-indirect.cfg CARGO_TARGET_DIR="$t" \
+        cargo test -p xenblk --no-default-features --features frontend,backend,pool-dynamic,ring-netbsd \
+        --test protocol_features
+}
+
 # The FAT volume test needs the optional embedded-sdmmc feature and mkfs.vfat.
 fat() { cargo test -p xenblk --features embedded-sdmmc --test fat; }
 
@@ -146,6 +162,7 @@ run_step "Xen-header proof summary" xen_headers_summary
 run_step "logging backends and extras (defmt, log, embedded-sdmmc)" logging
 run_step "FAT volume through the frontend (embedded-sdmmc)" fat
 run_step "wrong feature combinations fail with compile_error!" bad_features
+run_step "protocol features under configs/protocol.cfg and configs/netbsd-indirect.cfg" protocol_wide
 run_step "freestanding no_std link (boards/nostd-check/check.sh)" nostd
 run_step "config explain (every config, both profiles)" config_explain
 run_step "malformed config fails the build with FILE:LINE:COL" config_bad

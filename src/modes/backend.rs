@@ -4,6 +4,11 @@
 //! [`Backend::process`] when the frontend's event channel does. Requests are served
 //! synchronously against a [`Storage`]; every consumed request gets exactly one response.
 //!
+//! Queues: the backend offers `multi-queue-max-queues` (config `ring.queues` > 1) and serves
+//! as many rings as the frontend asks for (`multi-queue-num-queues`, keys under `queue-N/`),
+//! each with its own event channel and its own persistent-grant cache; [`Backend::process`]
+//! serves every queue ([`Backend::ports`] lists their event channels).
+//!
 //! Data paths: with persistent grants negotiated, each segment's grant is looked up in the
 //! ring's [`GrantCache`] and mapped (read-write, once) on a miss; the mapping is kept. Without
 //! persistence every segment is mapped for the request (read-only for writes) and unmapped when
@@ -54,6 +59,8 @@ pub struct BackendConfig {
     pub max_indirect_segments: usize,
     /// Ring order offered.
     pub max_ring_order: u32,
+    /// Queues (rings) offered (`multi-queue-max-queues`, written when more than 1).
+    pub max_queues: u32,
     /// Milliseconds after which an unused persistent mapping is dropped (0: never).
     pub grant_idle_ms: u64,
     /// Budget shared by all backends of this domain.
@@ -68,6 +75,7 @@ impl Default for BackendConfig {
             max_grants: config::BACKEND_MAX_GRANTS,
             max_indirect_segments: config::BACKEND_MAX_INDIRECT_SEGMENTS,
             max_ring_order: config::RING_ORDER.min(crate::profile::MAX_RING_ORDER),
+            max_queues: config::RING_QUEUES as u32,
             grant_idle_ms: config::BACKEND_GRANT_IDLE_SECS as u64 * 1000,
             budget: None,
         }
@@ -80,6 +88,8 @@ pub const MAX_BACKEND_SEGMENTS: usize = if config::BACKEND_MAX_INDIRECT_SEGMENTS
 } else {
     blkif::MAX_SEGMENTS_PER_REQUEST
 };
+/// Rings one backend can serve (config `ring.queues`).
+pub const MAX_QUEUES: usize = config::RING_QUEUES;
 /// Segments mapped per batch.
 const CHUNK: usize = 16;
 
@@ -120,8 +130,10 @@ pub struct BackNegotiated {
     pub persistent: bool,
     /// Ring order.
     pub ring_order: u32,
-    /// Ring slots.
+    /// Ring slots (per queue).
     pub slots: u32,
+    /// Queues (rings) in use.
+    pub queues: u32,
 }
 
 /// Backend counters.
@@ -151,10 +163,15 @@ pub struct BackStats {
     pub bytes: u64,
 }
 
-struct Conn {
+/// One ring of a connection (one per queue).
+struct Queue {
     ring: BackRing,
     ring_map: Mapping,
     port: Port,
+}
+
+struct Conn {
+    queues: heapless::Vec<Queue, MAX_QUEUES>,
     neg: BackNegotiated,
 }
 
@@ -170,7 +187,14 @@ pub struct Backend<S: Storage> {
     handle: u16,
     phase: BackPhase,
     conn: Option<Conn>,
-    cache: GrantCache,
+    /// One persistent-grant cache per queue (Linux blkback keeps one per ring).
+    caches: heapless::Vec<GrantCache, MAX_QUEUES>,
+    /// The queue being served (index into `caches` and the connection's queues).
+    cur: usize,
+    /// `feature-discard` as offered at the last connect.
+    discard_offered: bool,
+    /// The toolstack's `physical-device`, as read at the last connect.
+    physical_device: Option<PhysicalDevice>,
     storage: S,
     stats: BackStats,
     now_ms: u64,
@@ -231,7 +255,10 @@ impl<S: Storage> Backend<S> {
             handle,
             phase: BackPhase::Closed,
             conn: None,
-            cache: GrantCache::new(cfg.max_grants),
+            caches: heapless::Vec::new(),
+            cur: 0,
+            discard_offered: false,
+            physical_device: None,
             storage,
             stats: BackStats::default(),
             now_ms: 0,
@@ -240,6 +267,9 @@ impl<S: Storage> Backend<S> {
             indirect_buf: [0; PAGE_SIZE],
             segs: heapless::Vec::new(),
         };
+        for _ in 0..MAX_QUEUES {
+            let _ = b.caches.push(GrantCache::new(cfg.max_grants));
+        }
         if cfg.data_path == DataPath::Copy {
             for _ in 0..CHUNK {
                 let p = plat.alloc_page().map_err(ProbeError::Platform)?;
@@ -252,6 +282,10 @@ impl<S: Storage> Backend<S> {
         Ok(b)
     }
 
+    fn max_queues(&self) -> u32 {
+        self.cfg.max_queues.clamp(1, MAX_QUEUES as u32).min(crate::profile::MAX_QUEUES)
+    }
+
     fn persistent_offered(&self) -> bool {
         self.cfg.persistent && self.cfg.data_path == DataPath::Map && self.cfg.max_grants > 0
     }
@@ -260,7 +294,13 @@ impl<S: Storage> Backend<S> {
         let dir = self.dir.clone();
         let max_ind = self.cfg.max_indirect_segments.min(MAX_BACKEND_SEGMENTS);
         let order = self.cfg.max_ring_order.min(crate::profile::MAX_RING_ORDER).min(config::RING_ORDER);
+        let queues = self.max_queues();
+        let discard = self.read_discard_offered(plat);
+        self.discard_offered = discard;
         xs::transaction(plat, |x, tx| {
+            if queues > 1 {
+                xs::write_u64(x, tx, &dir, keys::MULTI_QUEUE_MAX_QUEUES, queues as u64)?;
+            }
             if max_ind > blkif::MAX_SEGMENTS_PER_REQUEST {
                 xs::write_u64(x, tx, &dir, keys::FEATURE_MAX_INDIRECT_SEGMENTS, max_ind as u64)?;
             }
@@ -269,7 +309,7 @@ impl<S: Storage> Backend<S> {
                 xs::write_u64(x, tx, &dir, keys::MAX_RING_PAGES, 1u64 << order)?;
             }
             if crate::profile::BACKEND_CONNECTS_EARLY {
-                Self::write_disk_keys_with(x, tx, &dir, &self.storage, self.persistent_offered())?;
+                Self::write_disk_keys_with(x, tx, &dir, &self.storage, self.persistent_offered(), discard)?;
                 xs::write_str(x, tx, &dir, keys::STATE, XenbusState::Connected.as_str())
             } else {
                 xs::write_str(x, tx, &dir, keys::STATE, XenbusState::InitWait.as_str())
@@ -279,18 +319,26 @@ impl<S: Storage> Backend<S> {
         Ok(())
     }
 
+    /// Whether discard may be offered: the storage supports it and the toolstack did not
+    /// forbid it (`discard-enable` = 0).
+    fn read_discard_offered<P: BackendPlatform>(&self, plat: &mut P) -> bool {
+        let enabled = !matches!(xs::read_u64(plat, Tx::NONE, &self.dir, keys::DISCARD_ENABLE), Read::Ok(0));
+        enabled && self.storage.info().discard
+    }
+
     fn write_disk_keys_with<X: crate::platform::XenStore + ?Sized>(
         x: &mut X,
         tx: Tx,
         dir: &str,
         storage: &S,
         persistent: bool,
+        discard: bool,
     ) -> Result<(), PlatformError> {
         let info = storage.info();
         xs::write_u64(x, tx, dir, keys::FEATURE_FLUSH_CACHE, info.flush as u64)?;
         xs::write_u64(x, tx, dir, keys::FEATURE_BARRIER, 1)?;
-        xs::write_u64(x, tx, dir, keys::FEATURE_DISCARD, info.discard as u64)?;
-        if info.discard {
+        xs::write_u64(x, tx, dir, keys::FEATURE_DISCARD, discard as u64)?;
+        if discard {
             xs::write_u64(
                 x,
                 tx,
@@ -320,9 +368,24 @@ impl<S: Storage> Backend<S> {
     pub fn stats(&self) -> BackStats {
         self.stats
     }
-    /// Persistent-grant cache counters and size.
+    /// Persistent-grant cache counters and size, summed over the queues.
     pub fn cache(&self) -> (crate::pool::back::CacheStats, usize) {
-        (self.cache.stats(), self.cache.len())
+        let mut st = crate::pool::back::CacheStats::default();
+        let mut len = 0;
+        for c in &self.caches {
+            let c_st = c.stats();
+            st.hits += c_st.hits;
+            st.misses += c_st.misses;
+            st.inserted += c_st.inserted;
+            st.overflows += c_st.overflows;
+            st.evicted += c_st.evicted;
+            len += c.len();
+        }
+        (st, len)
+    }
+    /// Persistent grants cached by queue `q`.
+    pub fn queue_cache_len(&self, q: usize) -> usize {
+        self.caches.get(q).map_or(0, |c| c.len())
     }
     /// The storage.
     pub fn storage(&self) -> &S {
@@ -332,9 +395,17 @@ impl<S: Storage> Backend<S> {
     pub fn storage_mut(&mut self) -> &mut S {
         &mut self.storage
     }
-    /// The event-channel port of the connection.
+    /// The event-channel port of the connection (of its first queue).
     pub fn port(&self) -> Option<Port> {
-        self.conn.as_ref().map(|c| c.port)
+        self.conn.as_ref().and_then(|c| c.queues.first()).map(|q| q.port)
+    }
+    /// The event-channel ports of every queue of the connection.
+    pub fn ports(&self) -> heapless::Vec<Port, MAX_QUEUES> {
+        self.conn.as_ref().map(|c| c.queues.iter().map(|q| q.port).collect()).unwrap_or_default()
+    }
+    /// Whether `port` belongs to this connection (any queue).
+    pub fn has_port(&self, port: Port) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.queues.iter().any(|q| q.port == port))
     }
     /// The frontend's domain.
     pub fn frontend_id(&self) -> DomId {
@@ -425,6 +496,11 @@ impl<S: Storage> Backend<S> {
     }
 
     fn connect<P: BackendPlatform>(&mut self, plat: &mut P) {
+        self.discard_offered = self.read_discard_offered(plat);
+        self.physical_device = match xs::read_str::<P, 32>(plat, Tx::NONE, &self.dir, keys::PHYSICAL_DEVICE) {
+            Read::Ok(s) => parse_physical_device(&s),
+            _ => None,
+        };
         match self.map_frontend_ring(plat) {
             Ok(conn) => {
                 let dir = self.dir.clone();
@@ -432,9 +508,10 @@ impl<S: Storage> Backend<S> {
                 let early = crate::profile::BACKEND_CONNECTS_EARLY;
                 let storage = &self.storage;
                 let offered = self.persistent_offered();
+                let discard = self.discard_offered;
                 let res = xs::transaction(plat, |x, tx| {
                     if !early {
-                        Self::write_disk_keys_with(x, tx, &dir, storage, offered)?;
+                        Self::write_disk_keys_with(x, tx, &dir, storage, offered, discard)?;
                     }
                     xs::write_str(x, tx, &dir, keys::STATE, XenbusState::Connected.as_str())
                 });
@@ -464,7 +541,8 @@ impl<S: Storage> Backend<S> {
         };
         let front_persistent =
             xs::read_bool(plat, Tx::NONE, &f, keys::FEATURE_PERSISTENT).or_default(false).unwrap_or(false);
-        let order = match xs::read_u64(plat, Tx::NONE, &f, keys::RING_PAGE_ORDER) {
+        let order_key = xs::read_u64(plat, Tx::NONE, &f, keys::RING_PAGE_ORDER);
+        let order = match order_key {
             Read::Ok(o) => o,
             Read::Missing => 0,
             Read::Malformed => return Err(HaltReason::BadFrontendKeys),
@@ -473,25 +551,69 @@ impl<S: Storage> Backend<S> {
         if order > max_order {
             return Err(HaltReason::BadFrontendKeys);
         }
+        // Queues: absent means one (keys at the top level); 0 or more than offered is fatal
+        // (as in Linux blkback).
+        let nq = match xs::read_u64(plat, Tx::NONE, &f, keys::MULTI_QUEUE_NUM_QUEUES) {
+            Read::Ok(n) if n >= 1 && n <= self.max_queues() as u64 => n as usize,
+            Read::Missing => 1,
+            _ => return Err(HaltReason::BadFrontendKeys),
+        };
         let order = order as u32;
+        let mut queues: heapless::Vec<Queue, MAX_QUEUES> = heapless::Vec::new();
+        for q in 0..nq {
+            let mut dir = f.clone();
+            if nq > 1 {
+                let mut b = [0u8; 32];
+                dir = xs::join(&f, crate::proto::xenbus::queue_dir(q as u32, &mut b));
+            }
+            match self.map_queue(plat, &dir, order, order_key == Read::Missing, protocol) {
+                Ok(queue) => {
+                    let _ = queues.push(queue);
+                }
+                Err(e) => {
+                    for queue in queues {
+                        self.unmap_queue(plat, queue, order);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let persistent = front_persistent && self.persistent_offered();
+        let limit = if persistent { self.cfg.max_grants } else { 0 };
+        for c in self.caches.iter_mut() {
+            c.set_limit(limit);
+        }
+        let slots = queues[0].ring.size();
+        Ok(Conn { queues, neg: BackNegotiated { protocol, persistent, ring_order: order, slots, queues: nq as u32 } })
+    }
+
+    /// Maps one queue's ring (keys in `dir`) and binds its event channel.
+    fn map_queue<P: BackendPlatform>(
+        &mut self,
+        plat: &mut P,
+        dir: &str,
+        order: u32,
+        single: bool,
+        protocol: Protocol,
+    ) -> Result<Queue, HaltReason> {
         let npages = 1usize << order;
         let mut grefs: heapless::Vec<GrantRef, 16> = heapless::Vec::new();
         // A single page: `ring-ref` (or `ring-ref0` from frontends that wrote order 0).
-        if xs::read_u64(plat, Tx::NONE, &f, keys::RING_PAGE_ORDER) == Read::Missing {
-            let g = match xs::read_u64(plat, Tx::NONE, &f, keys::RING_REF) {
+        if single {
+            let g = match xs::read_u64(plat, Tx::NONE, dir, keys::RING_REF) {
                 Read::Ok(g) => g,
-                _ => xs::read_u64(plat, Tx::NONE, &f, "ring-ref0").ok().ok_or(HaltReason::BadFrontendKeys)?,
+                _ => xs::read_u64(plat, Tx::NONE, dir, "ring-ref0").ok().ok_or(HaltReason::BadFrontendKeys)?,
             };
             let _ = grefs.push(GrantRef(u32::try_from(g).map_err(|_| HaltReason::BadFrontendKeys)?));
         } else {
             for i in 0..npages {
                 let mut b = [0u8; 32];
                 let k = crate::proto::xenbus::ring_ref_key(i as u32, &mut b);
-                let g = xs::read_u64(plat, Tx::NONE, &f, k).ok().ok_or(HaltReason::BadFrontendKeys)?;
+                let g = xs::read_u64(plat, Tx::NONE, dir, k).ok().ok_or(HaltReason::BadFrontendKeys)?;
                 let _ = grefs.push(GrantRef(u32::try_from(g).map_err(|_| HaltReason::BadFrontendKeys)?));
             }
         }
-        let evtchn = xs::read_u64(plat, Tx::NONE, &f, keys::EVENT_CHANNEL).ok().ok_or(HaltReason::BadFrontendKeys)?;
+        let evtchn = xs::read_u64(plat, Tx::NONE, dir, keys::EVENT_CHANNEL).ok().ok_or(HaltReason::BadFrontendKeys)?;
         let evtchn = u32::try_from(evtchn).map_err(|_| HaltReason::BadFrontendKeys)?;
         let ring_map = plat.map_ring(self.front_id, &grefs).map_err(HaltReason::Platform)?;
         self.stats.maps += npages as u64;
@@ -511,21 +633,26 @@ impl<S: Storage> Backend<S> {
                 return Err(HaltReason::Platform(e));
             }
         };
-        let persistent = front_persistent && self.persistent_offered();
-        self.cache.set_limit(if persistent { self.cfg.max_grants } else { 0 });
-        let slots = ring.size();
-        Ok(Conn { ring, ring_map, port, neg: BackNegotiated { protocol, persistent, ring_order: order, slots } })
+        Ok(Queue { ring, ring_map, port })
+    }
+
+    fn unmap_queue<P: BackendPlatform>(&mut self, plat: &mut P, q: Queue, order: u32) {
+        plat.unbind(q.port);
+        plat.unmap_ring(q.ring_map);
+        self.stats.unmaps += 1u64 << order;
     }
 
     /// Unmaps everything of the connection: persistent grants first, then the ring.
     /// Idempotent (XSA-350): safe before a connection exists and on repeated calls.
     fn disconnect<P: BackendPlatform>(&mut self, plat: &mut P) {
-        let n = self.cache.clear(plat, self.cfg.budget);
-        self.stats.unmaps += n as u64;
+        for c in self.caches.iter_mut() {
+            let n = c.clear(plat, self.cfg.budget);
+            self.stats.unmaps += n as u64;
+        }
         if let Some(c) = self.conn.take() {
-            plat.unbind(c.port);
-            plat.unmap_ring(c.ring_map);
-            self.stats.unmaps += 1u64 << c.neg.ring_order;
+            for q in c.queues {
+                self.unmap_queue(plat, q, c.neg.ring_order);
+            }
         }
     }
 
@@ -543,23 +670,38 @@ impl<S: Storage> Backend<S> {
     /// evicts least-recently-used ones. `now_ms` is any monotonic clock.
     pub fn tick<P: BackendPlatform>(&mut self, plat: &mut P, now_ms: u64) {
         self.now_ms = now_ms;
-        let n = self.cache.purge(plat, self.cfg.budget, now_ms, self.cfg.grant_idle_ms);
-        self.stats.unmaps += n as u64;
+        for c in self.caches.iter_mut() {
+            let n = c.purge(plat, self.cfg.budget, now_ms, self.cfg.grant_idle_ms);
+            self.stats.unmaps += n as u64;
+        }
     }
 
-    /// Serves every request available, then re-arms the event and serves what arrived
-    /// meanwhile. Returns the number of requests answered.
+    /// Serves every request available on every queue, then re-arms the events and serves
+    /// what arrived meanwhile. Returns the number of requests answered.
     pub fn process<P: BackendPlatform>(&mut self, plat: &mut P) -> usize {
+        let nq = self.conn.as_ref().map_or(0, |c| c.queues.len());
+        let mut done = 0;
+        for q in 0..nq {
+            done += self.process_queue(plat, q);
+        }
+        if done == 0 {
+            self.stats.spurious += 1;
+        }
+        done
+    }
+
+    fn process_queue<P: BackendPlatform>(&mut self, plat: &mut P, q: usize) -> usize {
         if self.phase != BackPhase::Connected || self.conn.is_none() {
             return 0;
         }
+        self.cur = q;
         let mut done = 0;
         loop {
-            let avail = match self.conn.as_ref().map(|c| c.ring.unconsumed_requests()) {
+            let avail = match self.conn.as_ref().map(|c| c.queues[q].ring.unconsumed_requests()) {
                 Some(Ok(n)) => n,
                 Some(Err(_)) => {
                     self.halt(HaltReason::RequestOverflow);
-                    self.push(plat);
+                    self.push(plat, q);
                     return done;
                 }
                 None => return done,
@@ -567,7 +709,7 @@ impl<S: Storage> Backend<S> {
             let max_ind = self.cfg.max_indirect_segments.min(MAX_BACKEND_SEGMENTS);
             for _ in 0..avail {
                 let Some(c) = self.conn.as_mut() else { return done };
-                let req = c.ring.take_request_unchecked(max_ind);
+                let req = c.queues[q].ring.take_request_unchecked(max_ind);
                 let rsp = match req {
                     Ok(r) => {
                         let status = self.serve(plat, &r);
@@ -592,18 +734,21 @@ impl<S: Storage> Backend<S> {
                 };
                 self.stats.requests += 1;
                 if let Some(c) = self.conn.as_mut() {
-                    c.ring.put_response(&rsp);
+                    c.queues[q].ring.put_response(&rsp);
                 }
                 done += 1;
                 // Publish in batches of a quarter ring so the frontend can complete and
                 // refill while the rest is served (a whole-ring batch would run the two
                 // sides in lock-step: each waiting for the other's full batch).
                 if done % RESPONSE_PUSH_BATCH == 0 {
-                    self.push(plat);
+                    self.push(plat, q);
                 }
             }
-            self.push(plat);
-            match self.conn.as_mut().map(|c| c.ring.final_check_for_requests()) {
+            self.push(plat, q);
+            if self.phase != BackPhase::Connected {
+                break;
+            }
+            match self.conn.as_mut().map(|c| c.queues[q].ring.final_check_for_requests()) {
                 Some(Ok(true)) => continue,
                 Some(Ok(false)) | None => break,
                 Some(Err(_)) => {
@@ -612,18 +757,16 @@ impl<S: Storage> Backend<S> {
                 }
             }
         }
-        if done == 0 {
-            self.stats.spurious += 1;
-        }
         done
     }
 
-    fn push<P: BackendPlatform>(&mut self, plat: &mut P) {
+    fn push<P: BackendPlatform>(&mut self, plat: &mut P, q: usize) {
         if let Some(c) = self.conn.as_mut()
-            && c.ring.push_responses()
+            && let Some(queue) = c.queues.get_mut(q)
+            && queue.ring.push_responses()
         {
             self.stats.notifies += 1;
-            let _ = plat.notify(c.port);
+            let _ = plat.notify(queue.port);
         }
     }
 
@@ -631,7 +774,7 @@ impl<S: Storage> Backend<S> {
         let info = self.storage.info();
         let status = match &r.kind {
             ReqKind::Discard { secure, nr_sectors } => {
-                if !info.discard || (*secure && !info.discard_secure) {
+                if !self.discard_offered || (*secure && !info.discard_secure) {
                     RSP_EOPNOTSUPP
                 } else if info.read_only || r.sector.checked_add(*nr_sectors).is_none_or(|end| end > info.sectors) {
                     RSP_ERROR
@@ -719,7 +862,7 @@ impl<S: Storage> Backend<S> {
         need_write: bool,
     ) -> Result<(Mapping, Option<Slot>, bool), GntStatus> {
         let persistent = self.persistent();
-        if persistent && let Some((slot, map)) = self.cache.get(gref, self.now_ms) {
+        if persistent && let Some((slot, map)) = self.caches[self.cur].get(gref, self.now_ms) {
             return Ok((map, Some(slot), false));
         }
         // Persistent mappings are always read-write (a page written now may be read into later).
@@ -732,7 +875,7 @@ impl<S: Storage> Backend<S> {
             }
             Err(e) => return Err(e),
         };
-        if persistent && let Some(slot) = self.cache.insert(gref, map, self.now_ms, self.cfg.budget) {
+        if persistent && let Some(slot) = self.caches[self.cur].insert(gref, map, self.now_ms, self.cfg.budget) {
             return Ok((map, Some(slot), false));
         }
         Ok((map, None, true))
@@ -760,7 +903,7 @@ impl<S: Storage> Backend<S> {
 
     fn release<P: BackendPlatform>(&mut self, plat: &mut P, map: Mapping, slot: Option<Slot>, transient: bool) {
         if let Some(s) = slot {
-            self.cache.release(s);
+            self.caches[self.cur].release(s);
         }
         if transient {
             let mut st = [GntStatus::Okay];
@@ -773,6 +916,10 @@ impl<S: Storage> Backend<S> {
         let info = self.storage.info();
         let write = op.is_write();
         let nsect: u64 = self.segs.iter().map(|s| s.sectors() as u64).sum();
+        // FLUSH_DISKCACHE is only valid when `feature-flush-cache` was offered.
+        if op == RwOp::Flush && !info.flush {
+            return RSP_EOPNOTSUPP;
+        }
         if write && nsect > 0 && info.read_only {
             return RSP_ERROR;
         }
@@ -829,7 +976,7 @@ impl<S: Storage> Backend<S> {
         let mut misses: heapless::Vec<MapRequest, CHUNK> = heapless::Vec::new();
         for s in &self.segs[from..to] {
             let mut e = Seg { seg: *s, map: None, slot: None, transient: true };
-            if persistent && let Some((slot, map)) = self.cache.get(GrantRef(s.gref), self.now_ms) {
+            if persistent && let Some((slot, map)) = self.caches[self.cur].get(GrantRef(s.gref), self.now_ms) {
                 e.map = Some(map);
                 e.slot = Some(slot);
                 e.transient = false;
@@ -850,7 +997,8 @@ impl<S: Storage> Backend<S> {
                         self.stats.maps += 1;
                         e.map = Some(m);
                         if persistent
-                            && let Some(slot) = self.cache.insert(GrantRef(e.seg.gref), m, self.now_ms, self.cfg.budget)
+                            && let Some(slot) =
+                                self.caches[self.cur].insert(GrantRef(e.seg.gref), m, self.now_ms, self.cfg.budget)
                         {
                             e.slot = Some(slot);
                             e.transient = false;
@@ -890,7 +1038,7 @@ impl<S: Storage> Backend<S> {
         let mut unmap: heapless::Vec<Mapping, CHUNK> = heapless::Vec::new();
         for e in &segs {
             if let Some(s) = e.slot {
-                self.cache.release(s);
+                self.caches[self.cur].release(s);
             }
             if e.transient
                 && let Some(m) = e.map
@@ -961,6 +1109,12 @@ impl<S: Storage> Backend<S> {
         RSP_OKAY
     }
 
+    /// The hotplug script's `physical-device` as read at the last connect (None: absent or
+    /// malformed; the backend does not need it, it only reports it).
+    pub fn physical_device(&self) -> Option<PhysicalDevice> {
+        self.physical_device
+    }
+
     /// The device handle (vbd number) used in requests.
     pub fn handle(&self) -> u16 {
         self.handle
@@ -972,5 +1126,31 @@ fn to_status(r: Result<(), StorageError>) -> i16 {
         Ok(()) => RSP_OKAY,
         Err(StorageError::Unsupported) => RSP_EOPNOTSUPP,
         Err(_) => RSP_ERROR,
+    }
+}
+
+/// The `physical-device` key a hotplug script writes for the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PhysicalDevice {
+    /// Linux scripts: hex `MAJ:MIN`.
+    MajorMinor(u32, u32),
+    /// NetBSD scripts: the decimal `dev_t` (`stat -f %r`).
+    DevT(u64),
+}
+
+/// Parses `physical-device` in either dialect: hex `MAJ:MIN` (Linux), or a decimal `dev_t`
+/// (NetBSD). None when it is neither.
+pub fn parse_physical_device(s: &str) -> Option<PhysicalDevice> {
+    fn hex(s: &str) -> Option<u32> {
+        if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(s, 16).ok()
+    }
+    let s = s.trim_end_matches(['\n', '\0']);
+    match s.split_once(':') {
+        Some((maj, min)) => Some(PhysicalDevice::MajorMinor(hex(maj)?, hex(min)?)),
+        None => crate::proto::xenbus::parse_u64(s.as_bytes()).map(PhysicalDevice::DevT),
     }
 }

@@ -20,6 +20,13 @@
 //! InitWait after a restart) the frontend tears its ring down, keeps every in-flight request,
 //! and re-issues them all on the next connect.
 //!
+//! Queues: with `multi-queue-max-queues` offered and config `ring.queues` > 1 the frontend
+//! uses one ring per queue (`queue-N/ring-ref*`, `queue-N/event-channel`), each with its
+//! own event channel and its own pool of granted pages (`frontend.pool_grants` is shared
+//! out over the queues in use); requests go round robin. With one queue the keys are at the
+//! top level. [`Frontend::resume`] rebuilds everything after suspend/resume or migration,
+//! possibly against a backend in another domain.
+//!
 //! Hostile backends: each response is copied once; `rsp_prod` is checked against the
 //! requests outstanding; the id must be in flight and the operation must match the request;
 //! a page the backend keeps mapped without persistence is never reused. Any violation fails
@@ -28,7 +35,7 @@
 use crate::config;
 use crate::platform::{FrontendPlatform, Page, PlatformError, Port, Tx, Wait};
 use crate::pool::front::{FrontPool, PoolError};
-use crate::pool::ids::IdTable;
+use crate::pool::ids::{IdTable, MAX_IDS};
 use crate::proto::blkif::{
     self, MAX_SEGMENTS_PER_REQUEST, OP_DISCARD, OP_INDIRECT, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, ReqKind,
     Request, RwOp, SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE, SegList, Segment,
@@ -43,6 +50,8 @@ use super::xs::{self, Read};
 /// Data pages one request may use (direct or indirect), fixed by the config.
 pub const MAX_DATA_PAGES: usize =
     if config::MAX_SEGMENTS > MAX_SEGMENTS_PER_REQUEST { config::MAX_SEGMENTS } else { MAX_SEGMENTS_PER_REQUEST };
+/// Queues (rings) one frontend can use (config `ring.queues`).
+pub const MAX_QUEUES: usize = config::RING_QUEUES;
 /// Indirect pages one request may use.
 pub const MAX_INDIRECT_PAGES: usize = if config::INDIRECT_PAGES == 0 { 1 } else { config::INDIRECT_PAGES };
 
@@ -53,6 +62,8 @@ pub struct FrontendConfig {
     pub persistent: bool,
     /// Largest ring order to use (clamped to the backend's offer and the profile).
     pub max_ring_order: u32,
+    /// Most queues to use (clamped to the backend's `multi-queue-max-queues` and the config).
+    pub queues: u32,
     /// Largest request in segments (more than 11 uses indirect descriptors when offered).
     pub max_segments: usize,
     /// Pages in the grant pool.
@@ -66,6 +77,7 @@ impl Default for FrontendConfig {
         FrontendConfig {
             persistent: config::FRONTEND_PERSISTENT,
             max_ring_order: config::RING_ORDER.min(crate::profile::MAX_RING_ORDER),
+            queues: config::RING_QUEUES as u32,
             max_segments: config::MAX_SEGMENTS,
             pool_grants: config::FRONTEND_POOL_GRANTS,
             protocol: Protocol::native(),
@@ -118,6 +130,8 @@ pub struct Negotiated {
     pub indirect_segments: u32,
     /// Ring order in use.
     pub ring_order: u32,
+    /// Queues (rings) in use.
+    pub queues: u32,
     /// `feature-flush-cache`.
     pub flush: bool,
     /// `feature-barrier`.
@@ -220,6 +234,8 @@ pub enum Status {
 #[derive(Debug)]
 pub struct Buffer {
     pages: heapless::Vec<u16, MAX_DATA_PAGES>,
+    /// The queue whose pool the pages come from.
+    pool: u8,
 }
 
 impl Buffer {
@@ -253,6 +269,11 @@ struct Shadow {
     indirect: heapless::Vec<u16, MAX_INDIRECT_PAGES>,
     /// Published to the current ring (false: waiting to be (re)issued).
     issued: bool,
+    /// The queue it was issued on.
+    queue: u8,
+    /// The queue whose pool holds its pages (its queue unless a reconnect changed the
+    /// number of queues).
+    pool: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,6 +359,8 @@ struct RingState {
     frames: heapless::Vec<u64, 16>,
     grefs: heapless::Vec<GrantRef, 16>,
     port: Port,
+    /// Requests written but not yet published.
+    unpushed: bool,
 }
 
 /// A blkif frontend for one virtual disk.
@@ -347,15 +370,19 @@ pub struct Frontend {
     backend_dir: crate::platform::XsPath,
     backend_id: DomId,
     phase: Phase,
-    ring: Option<RingState>,
-    pool: FrontPool,
+    /// One ring per queue (empty while not connected).
+    rings: heapless::Vec<RingState, MAX_QUEUES>,
+    /// Next queue to try first (round robin).
+    next_queue: usize,
+    /// One pool of granted pages per queue (Linux blkfront keeps one per ring): a page
+    /// serves one ring only, so each backend ring's persistent cache sees its own pages.
+    pools: heapless::Vec<FrontPool, MAX_QUEUES>,
     ids: IdTable,
-    shadows: heapless::Vec<Option<Shadow>, { config::RING_SLOTS }>,
+    shadows: heapless::Vec<Option<Shadow>, MAX_IDS>,
     /// Requests waiting to be (re)issued, oldest first (ids into `shadows`).
-    backlog: heapless::Deque<u16, { config::RING_SLOTS }>,
+    backlog: heapless::Deque<u16, MAX_IDS>,
     neg: Negotiated,
     stats: FrontStats,
-    unpushed: bool,
     watch_token: u32,
     /// The user closed the device: do not reconnect on our own.
     user_closed: bool,
@@ -395,7 +422,7 @@ impl Frontend {
         let _ = own.push_str(dir);
         plat.watch(&xs::join(&bdir, keys::STATE), watch_token).map_err(AttachError::Platform)?;
         let mut shadows = heapless::Vec::new();
-        for _ in 0..config::RING_SLOTS {
+        for _ in 0..MAX_IDS {
             let _ = shadows.push(None);
         }
         let mut f = Frontend {
@@ -404,14 +431,14 @@ impl Frontend {
             backend_dir: bdir,
             backend_id,
             phase: Phase::WaitBackend,
-            ring: None,
-            pool: FrontPool::new(cfg.pool_grants, backend_id),
+            rings: heapless::Vec::new(),
+            next_queue: 0,
+            pools: (0..MAX_QUEUES).map(|_| FrontPool::new(cfg.pool_grants, backend_id)).collect(),
             ids: IdTable::new(0),
             shadows,
             backlog: heapless::Deque::new(),
             neg: Negotiated::default(),
             stats: FrontStats::default(),
-            unpushed: false,
             watch_token,
             user_closed: false,
         };
@@ -434,15 +461,84 @@ impl Frontend {
     }
     /// Pool counters.
     pub fn pool_stats(&self) -> crate::pool::front::PoolStats {
-        self.pool.stats()
+        let mut t = crate::pool::front::PoolStats::default();
+        for p in &self.pools {
+            let s = p.stats();
+            t.grants += s.grants;
+            t.revokes += s.revokes;
+            t.kept_mapped += s.kept_mapped;
+            t.parked += s.parked;
+            t.pages += s.pages;
+        }
+        t
     }
     /// Requests in flight (issued or waiting to be re-issued).
     pub fn in_flight(&self) -> usize {
         self.ids.in_flight()
     }
-    /// The event-channel port of the current ring.
+    /// The event-channel port of the current ring (of the first queue).
     pub fn port(&self) -> Option<Port> {
-        self.ring.as_ref().map(|r| r.port)
+        self.rings.first().map(|r| r.port)
+    }
+    /// The event-channel ports of every queue.
+    pub fn ports(&self) -> heapless::Vec<Port, MAX_QUEUES> {
+        self.rings.iter().map(|r| r.port).collect()
+    }
+    /// Requests issued on each queue and not yet answered.
+    pub fn queue_in_flight(&self) -> heapless::Vec<usize, MAX_QUEUES> {
+        let mut v: heapless::Vec<usize, MAX_QUEUES> = self.rings.iter().map(|_| 0).collect();
+        for id in self.ids.iter() {
+            if let Some(sh) = self.shadows[id as usize].as_ref()
+                && sh.issued
+                && let Some(n) = v.get_mut(sh.queue as usize)
+            {
+                *n += 1;
+            }
+        }
+        v
+    }
+    /// Whether some queue has a free slot.
+    fn has_room(&self) -> bool {
+        self.rings.iter().any(|r| !r.ring.is_full())
+    }
+    /// The pool (queue) for a lent buffer of `pages` pages: round robin over the queues in
+    /// use, preferring one whose pool has room.
+    fn pick_pool(&mut self, pages: usize) -> usize {
+        let n = self.rings.len().max(1);
+        for k in 0..n {
+            let q = (self.next_queue + k) % n;
+            if self.pools[q].available() >= pages {
+                self.next_queue = (q + 1) % n;
+                return q;
+            }
+        }
+        self.next_queue % n
+    }
+
+    /// A queue whose ring has a free slot and whose pool has `pages` pages, round robin.
+    fn pick_room(&mut self, pages: usize) -> Option<usize> {
+        let n = self.rings.len();
+        for k in 0..n {
+            let q = (self.next_queue + k) % n;
+            if !self.rings[q].ring.is_full() && self.pools[q].available() >= pages {
+                self.next_queue = (q + 1) % n;
+                return Some(q);
+            }
+        }
+        None
+    }
+
+    /// A queue with a free slot, round robin.
+    fn pick_queue(&mut self) -> Option<usize> {
+        let n = self.rings.len();
+        for k in 0..n {
+            let q = (self.next_queue + k) % n;
+            if !self.rings[q].ring.is_full() {
+                self.next_queue = (q + 1) % n;
+                return Some(q);
+            }
+        }
+        None
     }
     /// The backend's domain.
     pub fn backend_id(&self) -> DomId {
@@ -465,7 +561,7 @@ impl Frontend {
         let ind = self.neg.indirect_segments as usize;
         let segs =
             if ind > MAX_SEGMENTS_PER_REQUEST { ind.min(self.cfg.max_segments) } else { MAX_SEGMENTS_PER_REQUEST };
-        segs.min(MAX_DATA_PAGES).min(self.pool.limit().saturating_sub(self.indirect_pages_for(segs)))
+        segs.min(MAX_DATA_PAGES).min(self.pools[0].limit().saturating_sub(self.indirect_pages_for(segs)))
     }
 
     fn indirect_pages_for(&self, segs: usize) -> usize {
@@ -542,6 +638,44 @@ impl Frontend {
         matches!(xs::read_u64(plat, Tx::NONE, &self.backend_dir, keys::ONLINE), Read::Ok(1))
     }
 
+    /// After the guest was suspended and resumed, or migrated: everything of the old
+    /// connection is dead. Tears the rings down (keeping every in-flight request for
+    /// re-issue), re-reads `backend` and `backend-id` (the toolstack may have moved the
+    /// device to another backend domain), watches the new backend, and negotiates from
+    /// scratch: new rings, new event channels, every feature re-read at Connected.
+    pub fn resume<P: FrontendPlatform>(&mut self, plat: &mut P) -> Result<(), AttachError> {
+        if matches!(self.phase, Phase::Failed(_)) {
+            return Err(AttachError::Platform(PlatformError::Invalid));
+        }
+        self.disconnect(plat);
+        let backend_dir = match xs::read_str::<P, 160>(plat, Tx::NONE, &self.dir, keys::BACKEND) {
+            Read::Ok(s) => s,
+            _ => return Err(AttachError::NoBackend),
+        };
+        let backend_id = match xs::read_u64(plat, Tx::NONE, &self.dir, keys::BACKEND_ID) {
+            Read::Ok(v) if v < 0x7ff0 => DomId(v as u16),
+            _ => return Err(AttachError::NoBackend),
+        };
+        let _ = plat.unwatch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token);
+        self.backend_dir.clear();
+        let _ = self.backend_dir.push_str(&backend_dir);
+        self.backend_id = backend_id;
+        for p in self.pools.iter_mut() {
+            p.set_peer(backend_id);
+        }
+        plat.watch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token).map_err(AttachError::Platform)?;
+        self.neg = Negotiated::default();
+        xs::write_state(plat, &self.dir, XenbusState::Initialising).map_err(AttachError::Platform)?;
+        self.phase = Phase::WaitBackend;
+        self.on_xenstore(plat);
+        Ok(())
+    }
+
+    /// Retries pages an earlier backend kept mapped; returns how many are still held.
+    pub fn reap<P: FrontendPlatform>(&mut self, plat: &mut P) -> usize {
+        self.pools.iter_mut().map(|p| p.reap_parked(plat) + p.orphans()).sum()
+    }
+
     /// Asks to close the device (front-initiated). In-flight requests still complete.
     pub fn close<P: FrontendPlatform>(&mut self, plat: &mut P) {
         if matches!(self.phase, Phase::Failed(_) | Phase::Closed) {
@@ -566,12 +700,8 @@ impl Frontend {
         self.on_xenstore(plat);
     }
 
-    fn publish_ring<P: FrontendPlatform>(&mut self, plat: &mut P) -> Result<(), PlatformError> {
-        let offered = match xs::read_u64(plat, Tx::NONE, &self.backend_dir, keys::MAX_RING_PAGE_ORDER) {
-            Read::Ok(v) => v.min(4) as u32,
-            _ => 0,
-        };
-        let order = offered.min(self.cfg.max_ring_order).min(crate::profile::MAX_RING_ORDER).min(config::RING_ORDER);
+    /// Allocates and grants one ring of `1 << order` pages and an event channel.
+    fn alloc_queue<P: FrontendPlatform>(&mut self, plat: &mut P, order: u32) -> Result<RingState, PlatformError> {
         let npages = 1usize << order;
         let (mem, frames_arr) = if npages == 1 {
             let p = plat.alloc_page()?;
@@ -581,15 +711,19 @@ impl Frontend {
         } else {
             plat.alloc_pages_contiguous(npages)?
         };
-        let abi = self.cfg.protocol.abi();
-        let ring = match FrontRing::init(mem, abi) {
-            Ok(r) => r,
-            Err(_) => return Err(PlatformError::Invalid),
-        };
-        let mut frames = heapless::Vec::new();
-        let mut grefs = heapless::Vec::new();
+        let mut frames: heapless::Vec<u64, 16> = heapless::Vec::new();
         for &fr in &frames_arr[..npages] {
             let _ = frames.push(fr);
+        }
+        let ring = match FrontRing::init(mem, self.cfg.protocol.abi()) {
+            Ok(r) => r,
+            Err(_) => {
+                free_ring_mem(plat, mem, &frames);
+                return Err(PlatformError::Invalid);
+            }
+        };
+        let mut grefs = heapless::Vec::new();
+        for &fr in &frames {
             match plat.grant(fr, self.backend_id, false) {
                 Ok(g) => {
                     let _ = grefs.push(g);
@@ -613,40 +747,111 @@ impl Frontend {
                 return Err(e);
             }
         };
+        Ok(RingState { ring, mem, frames, grefs, port, unpushed: false })
+    }
+
+    fn publish_ring<P: FrontendPlatform>(&mut self, plat: &mut P) -> Result<(), PlatformError> {
+        // Every key is read afresh: a resumed or migrated guest may face another backend.
+        let offered = match xs::read_u64(plat, Tx::NONE, &self.backend_dir, keys::MAX_RING_PAGE_ORDER) {
+            Read::Ok(v) => v.min(4) as u32,
+            _ => 0,
+        };
+        let order = offered.min(self.cfg.max_ring_order).min(crate::profile::MAX_RING_ORDER).min(config::RING_ORDER);
+        let offered_queues = match xs::read_u64(plat, Tx::NONE, &self.backend_dir, keys::MULTI_QUEUE_MAX_QUEUES) {
+            Read::Ok(v) => v.clamp(1, MAX_QUEUES as u64) as u32,
+            _ => 1,
+        };
+        let nq =
+            offered_queues.min(self.cfg.queues).min(crate::profile::MAX_QUEUES).clamp(1, MAX_QUEUES as u32) as usize;
+        self.drop_ring(plat);
+        for _ in 0..nq {
+            match self.alloc_queue(plat, order) {
+                Ok(r) => {
+                    let _ = self.rings.push(r);
+                }
+                Err(e) => {
+                    self.drop_ring(plat);
+                    return Err(e);
+                }
+            }
+        }
         let dir = self.dir.clone();
         let persistent = self.cfg.persistent;
         let protocol = self.cfg.protocol;
+        let npages = 1usize << order;
+        let rings = &self.rings;
         let res = xs::transaction(plat, |x, tx| {
-            if order == 0 {
-                xs::write_u64(x, tx, &dir, keys::RING_REF, grefs[0].0 as u64)?;
-            } else {
+            // Keys of an earlier connection (another order or queue count) must not linger:
+            // a backend reads `ring-page-order` and `multi-queue-num-queues` first.
+            // Rewritten nodes also take the directory's current permissions (a new backend
+            // domain must be able to read them).
+            for k in [
+                keys::RING_PAGE_ORDER,
+                keys::NUM_RING_PAGES,
+                keys::MULTI_QUEUE_NUM_QUEUES,
+                keys::RING_REF,
+                keys::EVENT_CHANNEL,
+                keys::PROTOCOL,
+                keys::FEATURE_PERSISTENT,
+            ] {
+                let _ = x.remove(tx, &xs::join(&dir, k));
+            }
+            for i in 0..16u32 {
+                let mut b = [0u8; 32];
+                let _ = x.remove(tx, &xs::join(&dir, crate::proto::xenbus::ring_ref_key(i, &mut b)));
+            }
+            for q in 0..crate::profile::MAX_QUEUES {
+                let mut b = [0u8; 32];
+                let _ = x.remove(tx, &xs::join(&dir, crate::proto::xenbus::queue_dir(q, &mut b)));
+            }
+            if nq > 1 {
+                xs::write_u64(x, tx, &dir, keys::MULTI_QUEUE_NUM_QUEUES, nq as u64)?;
+            }
+            // Never `ring-page-order = 0`: one page is a plain `ring-ref`.
+            if order > 0 {
                 xs::write_u64(x, tx, &dir, keys::RING_PAGE_ORDER, order as u64)?;
                 xs::write_u64(x, tx, &dir, keys::NUM_RING_PAGES, npages as u64)?;
-                for (i, g) in grefs.iter().enumerate() {
-                    let mut b = [0u8; 32];
-                    let k = crate::proto::xenbus::ring_ref_key(i as u32, &mut b);
-                    xs::write_u64(x, tx, &dir, k, g.0 as u64)?;
-                }
             }
-            xs::write_u64(x, tx, &dir, keys::EVENT_CHANNEL, port.0 as u64)?;
+            for (q, r) in rings.iter().enumerate() {
+                // One queue: keys at the top level (Linux blkfront); more: `queue-<q>/`.
+                let qdir = if nq > 1 {
+                    let mut b = [0u8; 32];
+                    xs::join(&dir, crate::proto::xenbus::queue_dir(q as u32, &mut b))
+                } else {
+                    dir.clone()
+                };
+                if order == 0 {
+                    xs::write_u64(x, tx, &qdir, keys::RING_REF, r.grefs[0].0 as u64)?;
+                } else {
+                    for (i, g) in r.grefs.iter().enumerate() {
+                        let mut b = [0u8; 32];
+                        let k = crate::proto::xenbus::ring_ref_key(i as u32, &mut b);
+                        xs::write_u64(x, tx, &qdir, k, g.0 as u64)?;
+                    }
+                }
+                xs::write_u64(x, tx, &qdir, keys::EVENT_CHANNEL, r.port.0 as u64)?;
+            }
             xs::write_str(x, tx, &dir, keys::PROTOCOL, protocol.as_str())?;
             xs::write_u64(x, tx, &dir, keys::FEATURE_PERSISTENT, persistent as u64)?;
             xs::write_str(x, tx, &dir, keys::STATE, XenbusState::Initialised.as_str())
         });
         if let Err(e) = res {
-            plat.unbind(port);
-            for &g in &grefs {
-                let _ = plat.end_access(g);
-            }
-            free_ring_mem(plat, mem, &frames);
+            self.drop_ring(plat);
             return Err(e);
         }
         // Keep the ids of requests waiting to be re-issued.
-        self.ids.set_limit(ring.size() as usize);
-        self.ring = Some(RingState { ring, mem, frames, grefs, port });
+        let slots: usize = self.rings.iter().map(|r| r.ring.size() as usize).sum();
+        self.ids.set_limit(slots);
+        self.next_queue = 0;
+        // The configured pages are shared out over the queues in use.
+        let per_queue = (self.cfg.pool_grants / nq).max(1);
+        for p in self.pools.iter_mut() {
+            p.set_limit(per_queue);
+        }
         self.neg.ring_order = order;
+        self.neg.queues = nq as u32;
         self.phase = Phase::Initialised;
-        info!("xenblk front: ring published, order {}", order);
+        info!("xenblk front: ring published, order {}, queues {}", order, nq);
         Ok(())
     }
 
@@ -670,7 +875,7 @@ impl Frontend {
         let discard = xs::read_bool(x, Tx::NONE, &b, keys::FEATURE_DISCARD).or_default(false)?;
         let discard_secure = xs::read_bool(x, Tx::NONE, &b, keys::DISCARD_SECURE).or_default(false)?;
         let gran = xs::read_u64(x, Tx::NONE, &b, keys::DISCARD_GRANULARITY).or_default(sector_size)?;
-        let indirect = if indirect > MAX_SEGMENTS_PER_REQUEST as u64 {
+        let indirect = if indirect >= crate::profile::FRONTEND_MIN_INDIRECT_SEGMENTS as u64 {
             indirect.min(blkif::MAX_INDIRECT_SEGMENTS as u64) as u32
         } else {
             0
@@ -679,6 +884,7 @@ impl Frontend {
             persistent: persistent && self.cfg.persistent,
             indirect_segments: indirect,
             ring_order: self.neg.ring_order,
+            queues: self.neg.queues,
             flush,
             barrier,
             discard,
@@ -731,23 +937,25 @@ impl Frontend {
             }
         }
         self.drop_ring(plat);
-        self.pool.release_all(plat);
-        self.unpushed = false;
+        for p in self.pools.iter_mut() {
+            p.release_all(plat);
+        }
     }
 
     /// Unbinds the event channel and ends the ring's grants; the ring pages are freed only
     /// if the backend no longer maps any of them (otherwise they are leaked, never reused).
     fn drop_ring<P: FrontendPlatform>(&mut self, plat: &mut P) {
-        let Some(r) = self.ring.take() else { return };
-        plat.unbind(r.port);
-        let mut all_ended = true;
-        for &g in &r.grefs {
-            if plat.end_access(g) == Err(RevokeError::InUse) {
-                all_ended = false;
+        while let Some(r) = self.rings.pop() {
+            plat.unbind(r.port);
+            let mut all_ended = true;
+            for &g in &r.grefs {
+                if plat.end_access(g) == Err(RevokeError::InUse) {
+                    all_ended = false;
+                }
             }
-        }
-        if all_ended {
-            free_ring_mem(plat, r.mem, &r.frames);
+            if all_ended {
+                free_ring_mem(plat, r.mem, &r.frames);
+            }
         }
     }
 
@@ -755,7 +963,7 @@ impl Frontend {
         let n = self.backlog.len();
         for _ in 0..n {
             let Some(id) = self.backlog.pop_front() else { break };
-            if self.ring.as_ref().is_none_or(|r| r.ring.is_full()) {
+            if !self.has_room() {
                 let _ = self.backlog.push_front(id);
                 break;
             }
@@ -785,9 +993,10 @@ impl Frontend {
         if n > MAX_DATA_PAGES {
             return Err(SubmitError::TooLarge);
         }
-        let mut b = Buffer { pages: heapless::Vec::new() };
+        let q = self.pick_pool(n);
+        let mut b = Buffer { pages: heapless::Vec::new(), pool: q as u8 };
         for _ in 0..n {
-            match self.pool.get(plat, false) {
+            match self.pools[q].get(plat, false) {
                 Ok(i) => {
                     let _ = b.pages.push(i);
                 }
@@ -802,7 +1011,7 @@ impl Frontend {
 
     /// Page `i` of a lent buffer, to fill or read directly.
     pub fn buffer_page(&self, buf: &Buffer, i: usize) -> SharedMem {
-        self.pool.page(buf.pages[i])
+        self.pools[buf.pool as usize].page(buf.pages[i])
     }
 
     /// Copies `data` into a lent buffer at byte offset `off` (a convenience; the zero-copy
@@ -816,21 +1025,21 @@ impl Frontend {
                 break;
             }
             let n = (data.len() - done).min(PAGE_SIZE - po);
-            self.pool.page(buf.pages[pi]).copy_from_private(po, &data[done..done + n]);
+            self.pools[buf.pool as usize].page(buf.pages[pi]).copy_from_private(po, &data[done..done + n]);
             done += n;
         }
     }
 
     /// Copies out of a lent buffer.
     pub fn buffer_read(&self, buf: &Buffer, dst: &mut [u8]) -> usize {
-        copy_out(&self.pool, &buf.pages, dst, buf.capacity())
+        copy_out(&self.pools[buf.pool as usize], &buf.pages, dst, buf.capacity())
     }
 
     /// Gives a lent buffer back to the pool.
     pub fn free_buffer<P: FrontendPlatform>(&mut self, plat: &mut P, buf: Buffer) {
         let persistent = self.neg.persistent;
         for &i in &buf.pages {
-            if self.pool.put(plat, i, persistent).is_err() {
+            if self.pools[buf.pool as usize].put(plat, i, persistent).is_err() {
                 self.fail(plat, FailReason::GrantStillMapped);
             }
         }
@@ -858,7 +1067,7 @@ impl Frontend {
             Some(id) => id,
             None => return Err((SubmitError::Busy, buf)),
         };
-        if self.ring.as_ref().is_none_or(|r| r.ring.is_full()) {
+        if !self.has_room() {
             self.ids.free(id as u64);
             return Err((SubmitError::Busy, buf));
         }
@@ -867,16 +1076,18 @@ impl Frontend {
             kind: ShadowKind::Rw(op),
             sector,
             bytes: bytes as u32,
+            pool: buf.pool,
             data: Data::Lent(buf),
             indirect: heapless::Vec::new(),
             issued: false,
+            queue: 0,
         });
         self.finish_submit(plat, id).map_err(|e| match self.shadows[id as usize].take().map(|s| s.data) {
             Some(Data::Lent(b)) => {
                 self.ids.free(id as u64);
                 (e, b)
             }
-            _ => (e, Buffer { pages: heapless::Vec::new() }),
+            _ => (e, Buffer { pages: heapless::Vec::new(), pool: 0 }),
         })
     }
 
@@ -937,29 +1148,26 @@ impl Frontend {
             self.check_rw(op, sector, bytes)?;
         }
         let pages_needed = bytes.div_ceil(PAGE_SIZE);
-        if self.ring.as_ref().is_none_or(|r| r.ring.is_full())
-            || self.pool.available() < pages_needed + self.indirect_pages_for(pages_needed)
-        {
-            return Err(SubmitError::Busy);
-        }
+        let need = pages_needed + self.indirect_pages_for(pages_needed);
+        let Some(q) = self.pick_room(need) else { return Err(SubmitError::Busy) };
         let id = self.ids.alloc().ok_or(SubmitError::Busy)?;
         let readonly = crate::profile::FRONTEND_READONLY_WRITE_GRANTS
             && !self.neg.persistent
             && matches!(kind, ShadowKind::Rw(op) if op.is_write());
         let mut pages: heapless::Vec<u16, MAX_DATA_PAGES> = heapless::Vec::new();
         for i in 0..pages_needed {
-            match self.pool.get(plat, readonly) {
+            match self.pools[q].get(plat, readonly) {
                 Ok(p) => {
                     if let Some(d) = data {
                         let lo = i * PAGE_SIZE;
                         let hi = (lo + PAGE_SIZE).min(d.len());
-                        self.pool.page(p).copy_from_private(0, &d[lo..hi]);
+                        self.pools[q].page(p).copy_from_private(0, &d[lo..hi]);
                     }
                     let _ = pages.push(p);
                 }
                 Err(e) => {
                     for &p in &pages {
-                        self.pool.put_unused(p);
+                        self.pools[q].put_unused(p);
                     }
                     self.ids.free(id as u64);
                     return Err(pool_err(e));
@@ -974,13 +1182,15 @@ impl Frontend {
             data: if pages.is_empty() { Data::None } else { Data::Pool(pages) },
             indirect: heapless::Vec::new(),
             issued: false,
+            queue: q as u8,
+            pool: q as u8,
         });
         if let Err(e) = self.finish_submit(plat, id) {
             if let Some(sh) = self.shadows[id as usize].take()
                 && let Data::Pool(p) = sh.data
             {
                 for &i in &p {
-                    self.pool.put_unused(i);
+                    self.pools[q].put_unused(i);
                 }
             }
             self.ids.free(id as u64);
@@ -1000,6 +1210,8 @@ impl Frontend {
         let persistent = self.neg.persistent;
         let indirect_max = self.neg.indirect_segments as usize;
         let Some(sh) = self.shadows[id as usize].as_mut() else { return Err(SubmitError::Failed) };
+        let pq = sh.pool as usize;
+        let pool = &mut self.pools[pq];
         let used = (sh.bytes as usize).div_ceil(PAGE_SIZE);
         let pages: heapless::Vec<u16, MAX_DATA_PAGES> = match &sh.data {
             Data::Pool(p) => p.iter().take(used).copied().collect(),
@@ -1010,7 +1222,7 @@ impl Frontend {
         let readonly = crate::profile::FRONTEND_READONLY_WRITE_GRANTS && !persistent && write;
         // Make sure every page is granted (after a reconnect the grants were ended).
         for &p in &pages {
-            self.pool.ensure_granted(plat, p, readonly).map_err(pool_err)?;
+            pool.ensure_granted(plat, p, readonly).map_err(pool_err)?;
         }
         let nseg = pages.len();
         let bytes = sh.bytes as usize;
@@ -1023,7 +1235,7 @@ impl Frontend {
             ShadowKind::Rw(op) if nseg <= MAX_SEGMENTS_PER_REQUEST => {
                 let mut segs = SegList::new();
                 for (i, &p) in pages.iter().enumerate() {
-                    let _ = segs.push(seg_of(i, self.pool.gref(p)));
+                    let _ = segs.push(seg_of(i, pool.gref(p)));
                 }
                 ReqKind::Rw { op, segs }
             }
@@ -1031,17 +1243,20 @@ impl Frontend {
                 if nseg > indirect_max || !matches!(op, RwOp::Read | RwOp::Write) {
                     return Err(SubmitError::TooLarge);
                 }
-                // Indirect: segment descriptors in pooled pages (persistent too).
+                // Indirect: segment descriptors in pooled pages. With persistence they are
+                // granted read-write like data pages, so the backend can keep them mapped
+                // (its persistent mappings are read-write); otherwise read-only.
+                let ind_ro = !persistent;
                 let npages = nseg.div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
                 if sh.indirect.is_empty() {
                     for _ in 0..npages {
-                        match self.pool.get(plat, true) {
+                        match pool.get(plat, ind_ro) {
                             Ok(ip) => {
                                 let _ = sh.indirect.push(ip);
                             }
                             Err(e) => {
                                 for &ip in &sh.indirect {
-                                    self.pool.put_unused(ip);
+                                    pool.put_unused(ip);
                                 }
                                 sh.indirect.clear();
                                 return Err(pool_err(e));
@@ -1050,43 +1265,61 @@ impl Frontend {
                     }
                 } else {
                     for &ip in &sh.indirect {
-                        self.pool.ensure_granted(plat, ip, true).map_err(pool_err)?;
+                        pool.ensure_granted(plat, ip, ind_ro).map_err(pool_err)?;
                     }
                 }
                 let mut grefs = heapless::Vec::new();
                 for (pi, &ip) in sh.indirect.iter().enumerate() {
-                    let page = self.pool.page(ip);
+                    let page = pool.page(ip);
                     let first = pi * SEGMENTS_PER_INDIRECT_PAGE;
                     let last = (first + SEGMENTS_PER_INDIRECT_PAGE).min(nseg);
                     for (k, i) in (first..last).enumerate() {
-                        page.write_bytes(k * 8, &seg_of(i, self.pool.gref(pages[i])).encode());
+                        page.write_bytes(k * 8, &seg_of(i, pool.gref(pages[i])).encode());
                     }
-                    let _ = grefs.push(self.pool.gref(ip).0);
+                    let _ = grefs.push(pool.gref(ip).0);
                 }
                 ReqKind::Indirect { op, nr_segments: nseg as u16, pages: grefs }
             }
         };
         let req = Request { id: id as u64, handle: 0, sector: sh.sector, kind };
-        let Some(r) = self.ring.as_mut() else { return Err(SubmitError::NotConnected) };
+        if self.rings.is_empty() {
+            return Err(SubmitError::NotConnected);
+        }
+        // A request goes to the ring of its pool's queue (so each backend ring keeps seeing
+        // the same pages); only after a reconnect to fewer queues to any ring with room.
+        let q = if pq < self.rings.len() {
+            if self.rings[pq].ring.is_full() {
+                return Err(SubmitError::Busy);
+            }
+            pq
+        } else {
+            match self.pick_queue() {
+                Some(q) => q,
+                None => return Err(SubmitError::Busy),
+            }
+        };
+        let r = &mut self.rings[q];
         if !r.ring.put_request(&req) {
             return Err(SubmitError::Busy);
         }
+        r.unpushed = true;
+        let Some(sh) = self.shadows[id as usize].as_mut() else { return Err(SubmitError::Failed) };
         sh.issued = true;
-        self.unpushed = true;
+        sh.queue = q as u8;
         Ok(())
     }
 
     /// Publishes queued requests; notifies the backend if it asked for it.
     pub fn kick<P: FrontendPlatform>(&mut self, plat: &mut P) {
-        if !self.unpushed {
-            return;
-        }
-        self.unpushed = false;
-        if let Some(r) = self.ring.as_mut()
-            && r.ring.push_requests()
-        {
-            self.stats.notifies += 1;
-            let _ = plat.notify(r.port);
+        for r in self.rings.iter_mut() {
+            if !r.unpushed {
+                continue;
+            }
+            r.unpushed = false;
+            if r.ring.push_requests() {
+                self.stats.notifies += 1;
+                let _ = plat.notify(r.port);
+            }
         }
     }
 
@@ -1099,9 +1332,10 @@ impl Frontend {
             return self.fail_all(plat, &mut f);
         }
         let mut done = 0;
-        loop {
+        let mut q = 0;
+        while q < self.rings.len() {
             loop {
-                let rsp = match self.ring.as_mut().map(|r| r.ring.take_response()) {
+                let rsp = match self.rings.get_mut(q).map(|r| r.ring.take_response()) {
                     None => return done,
                     Some(Ok(Some(rsp))) => rsp,
                     Some(Ok(None)) => break,
@@ -1116,7 +1350,8 @@ impl Frontend {
                     self.fail(plat, FailReason::BadResponseId);
                     return done + self.fail_all(plat, &mut f);
                 };
-                if !sh.issued {
+                // An answer on another queue than the request's is as bad as an unknown id.
+                if !sh.issued || sh.queue as usize != q {
                     self.fail(plat, FailReason::BadResponseId);
                     return done + self.fail_all(plat, &mut f);
                 }
@@ -1142,9 +1377,10 @@ impl Frontend {
                 }
                 done += 1;
             }
-            match self.ring.as_mut().map(|r| r.ring.final_check_for_responses()) {
+            match self.rings.get_mut(q).map(|r| r.ring.final_check_for_responses()) {
                 Some(Ok(true)) => continue,
-                Some(Ok(false)) | None => break,
+                Some(Ok(false)) => q += 1,
+                None => break,
                 Some(Err(_)) => {
                     self.fail(plat, FailReason::ResponseOverflow);
                     return done + self.fail_all(plat, &mut f);
@@ -1171,6 +1407,7 @@ impl Frontend {
         f: &mut impl FnMut(&mut Completion<'_>),
     ) -> bool {
         let Some(mut sh) = self.shadows[id as usize].take() else { return true };
+        let pq = sh.pool as usize;
         self.ids.free(id as u64);
         self.stats.completed += 1;
         if status != Status::Ok {
@@ -1182,7 +1419,7 @@ impl Frontend {
         // must have let go of every page by now).
         if let Data::Lent(b) = &sh.data {
             for &p in &b.pages {
-                if self.pool.settle(plat, p, persistent).is_err() {
+                if self.pools[pq].settle(plat, p, persistent).is_err() {
                     ok = false;
                 }
             }
@@ -1203,7 +1440,7 @@ impl Frontend {
                 status: if ok { status } else { Status::Error },
                 sector: sh.sector,
                 bytes: sh.bytes,
-                pool: &self.pool,
+                pool: &self.pools[pq],
                 data: &mut sh.data,
             };
             f(&mut c);
@@ -1211,14 +1448,14 @@ impl Frontend {
         match sh.data {
             Data::Pool(p) => {
                 for &i in &p {
-                    if self.pool.put(plat, i, persistent).is_err() {
+                    if self.pools[pq].put(plat, i, persistent).is_err() {
                         ok = false;
                     }
                 }
             }
             Data::Lent(b) => {
                 for &i in &b.pages {
-                    if self.pool.put(plat, i, persistent).is_err() {
+                    if self.pools[pq].put(plat, i, persistent).is_err() {
                         ok = false;
                     }
                 }
@@ -1226,7 +1463,7 @@ impl Frontend {
             Data::None => {}
         }
         for &i in &sh.indirect {
-            if self.pool.put(plat, i, persistent).is_err() {
+            if self.pools[pq].put(plat, i, persistent).is_err() {
                 ok = false;
             }
         }
@@ -1238,7 +1475,7 @@ impl Frontend {
     }
 
     fn fail_all<P: FrontendPlatform>(&mut self, plat: &mut P, f: &mut impl FnMut(&mut Completion<'_>)) -> usize {
-        let mut ids: heapless::Vec<u16, { config::RING_SLOTS }> = heapless::Vec::new();
+        let mut ids: heapless::Vec<u16, MAX_IDS> = heapless::Vec::new();
         for id in self.ids.iter() {
             let _ = ids.push(id);
         }
@@ -1383,7 +1620,9 @@ impl Frontend {
     pub fn shutdown<P: FrontendPlatform>(mut self, plat: &mut P) {
         let _ = plat.unwatch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token);
         self.disconnect(plat);
-        self.pool.free_pages(plat);
+        for p in self.pools.iter_mut() {
+            p.free_pages(plat);
+        }
     }
 }
 

@@ -26,6 +26,9 @@ cfg_if::cfg_if! {
         type Entries = alloc::vec::Vec<Entry>;
         type FreeList = alloc::collections::VecDeque<u16>;
         type Parked = alloc::vec::Vec<u16>;
+        type Orphans = alloc::vec::Vec<(Page, GrantRef)>;
+        fn new_orphans() -> Orphans { alloc::vec::Vec::new() }
+        fn orphan(v: &mut Orphans, o: (Page, GrantRef)) -> bool { v.push(o); true }
         fn new_entries() -> Entries { alloc::vec::Vec::new() }
         fn new_free() -> FreeList { alloc::collections::VecDeque::new() }
         fn new_parked() -> Parked { alloc::vec::Vec::new() }
@@ -37,6 +40,9 @@ cfg_if::cfg_if! {
         type Entries = heapless::Vec<Entry, { config::FRONTEND_POOL_GRANTS }>;
         type FreeList = heapless::Deque<u16, { config::FRONTEND_POOL_GRANTS }>;
         type Parked = heapless::Vec<u16, { config::FRONTEND_POOL_GRANTS }>;
+        type Orphans = heapless::Vec<(Page, GrantRef), { config::FRONTEND_POOL_GRANTS }>;
+        fn new_orphans() -> Orphans { heapless::Vec::new() }
+        fn orphan(v: &mut Orphans, o: (Page, GrantRef)) -> bool { v.push(o).is_ok() }
         fn new_entries() -> Entries { heapless::Vec::new() }
         fn new_free() -> FreeList { heapless::Deque::new() }
         fn new_parked() -> Parked { heapless::Vec::new() }
@@ -56,6 +62,8 @@ pub const CAPACITY: usize = config::FRONTEND_POOL_GRANTS;
 struct Entry {
     page: Option<Page>,
     gref: Option<GrantRef>,
+    /// The domain `gref` grants to.
+    peer: DomId,
     readonly: bool,
     /// Handed out (to a request or a lent buffer) and not yet returned.
     busy: bool,
@@ -94,6 +102,9 @@ pub struct FrontPool {
     entries: Entries,
     free: FreeList,
     parked: Parked,
+    /// Pages taken out of the pool because an old peer still maps them while their data
+    /// had to move on (a migrated request): freed once that grant ends.
+    orphans: Orphans,
     limit: usize,
     peer: DomId,
     stats: PoolStats,
@@ -107,6 +118,7 @@ impl FrontPool {
             entries: new_entries(),
             free: new_free(),
             parked: new_parked(),
+            orphans: new_orphans(),
             limit: limit.clamp(1, CAPACITY),
             peer,
             stats: PoolStats::default(),
@@ -137,7 +149,10 @@ impl FrontPool {
                     return Err(PoolError::Exhausted);
                 }
                 let i = self.entries.len() as u16;
-                if !push_entry(&mut self.entries, Entry { page: None, gref: None, readonly, busy: false }) {
+                if !push_entry(
+                    &mut self.entries,
+                    Entry { page: None, gref: None, peer: self.peer, readonly, busy: false },
+                ) {
                     return Err(PoolError::Exhausted);
                 }
                 i
@@ -161,6 +176,34 @@ impl FrontPool {
         if e.page.is_none() {
             e.page = Some(plat.alloc_page().map_err(PoolError::Platform)?);
             self.stats.pages += 1;
+        }
+        if let Some(g) = e.gref
+            && e.peer != self.peer
+        {
+            // Granted to an earlier backend (the guest moved to another backend domain). The
+            // old grant must end; if the old backend still maps the page, the page cannot be
+            // reused: its contents move to a fresh page and the old one is set aside.
+            match plat.end_access(g) {
+                Ok(()) => {
+                    self.stats.revokes += 1;
+                    e.gref = None;
+                }
+                Err(RevokeError::NotGranted) => e.gref = None,
+                Err(RevokeError::InUse) => {
+                    let fresh = plat.alloc_page().map_err(PoolError::Platform)?;
+                    let Some(old) = e.page else { return Err(PoolError::StillMapped) };
+                    let mut tmp = [0u8; crate::proto::ring::PAGE_SIZE];
+                    old.mem.copy_to_private(0, &mut tmp);
+                    fresh.mem.copy_from_private(0, &tmp);
+                    if !orphan(&mut self.orphans, (old, g)) {
+                        plat.free_page(fresh);
+                        return Err(PoolError::StillMapped);
+                    }
+                    e.page = Some(fresh);
+                    e.gref = None;
+                    self.stats.pages += 1;
+                }
+            }
         }
         if let Some(g) = e.gref {
             if e.readonly == readonly {
@@ -186,6 +229,7 @@ impl FrontPool {
         let frame = e.page.map(|p| p.frame).unwrap_or(0);
         let g = plat.grant(frame, self.peer, readonly).map_err(PoolError::Platform)?;
         e.gref = Some(g);
+        e.peer = self.peer;
         e.readonly = readonly;
         self.stats.grants += 1;
         Ok(())
@@ -332,8 +376,27 @@ impl FrontPool {
         self.parked.len()
     }
 
+    /// Pages set aside because an earlier backend still maps them (see
+    /// [`reap_parked`](Self::reap_parked)).
+    pub fn orphans(&self) -> usize {
+        self.orphans.len()
+    }
+
     /// Retries parked pages; those the backend finally let go are zeroed and reusable.
+    /// Orphaned pages whose old grant ends are freed. Returns the pages still parked.
     pub fn reap_parked<P: FrontendPlatform>(&mut self, plat: &mut P) -> usize {
+        let mut k = 0;
+        while k < self.orphans.len() {
+            let (page, g) = self.orphans[k];
+            if matches!(plat.end_access(g), Err(RevokeError::InUse)) {
+                k += 1;
+            } else {
+                page.mem.zero(0, page.mem.len());
+                plat.free_page(page);
+                self.stats.pages -= 1;
+                self.orphans.swap_remove(k);
+            }
+        }
         let mut i = 0;
         while i < self.parked.len() {
             let idx = self.parked[i];

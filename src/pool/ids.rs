@@ -6,12 +6,15 @@
 use bitvec::BitArr;
 use bitvec::order::Lsb0;
 
-use crate::config::RING_SLOTS;
+use crate::config::{RING_QUEUES, RING_SLOTS};
 
-/// Which of up to [`RING_SLOTS`] ids are in flight.
+/// Ids one frontend can have in flight: every slot of every queue.
+pub const MAX_IDS: usize = RING_SLOTS * RING_QUEUES;
+
+/// Which of up to [`MAX_IDS`] ids are in flight.
 #[derive(Clone, Debug)]
 pub struct IdTable {
-    bits: BitArr!(for RING_SLOTS, in u32, Lsb0),
+    bits: BitArr!(for MAX_IDS, in u32, Lsb0),
     limit: usize,
     used: usize,
 }
@@ -19,7 +22,7 @@ pub struct IdTable {
 impl IdTable {
     /// A table of `limit` ids (clamped to the configured ring size).
     pub fn new(limit: usize) -> IdTable {
-        IdTable { bits: Default::default(), limit: limit.min(RING_SLOTS), used: 0 }
+        IdTable { bits: Default::default(), limit: limit.min(MAX_IDS), used: 0 }
     }
 
     /// Number of ids.
@@ -53,7 +56,7 @@ impl IdTable {
 
     /// Whether `id` (as echoed by a peer) is a valid in-flight id.
     pub fn is_in_flight(&self, id: u64) -> bool {
-        (id as usize) < self.limit && id < RING_SLOTS as u64 && self.bits[id as usize]
+        (id as usize) < self.limit && id < MAX_IDS as u64 && self.bits[id as usize]
     }
 
     /// Releases `id`; `false` if it was not in flight (a duplicate or unknown response).
@@ -70,7 +73,7 @@ impl IdTable {
     /// in flight: the limit never drops below the highest of them.
     pub fn set_limit(&mut self, limit: usize) {
         let highest = self.bits.iter_ones().last().map_or(0, |i| i + 1);
-        self.limit = limit.max(highest).min(RING_SLOTS);
+        self.limit = limit.max(highest).min(MAX_IDS);
     }
 
     /// Iterates the ids in flight, lowest first.

@@ -41,7 +41,7 @@ pub fn guest_with_backend(disk: RamDisk, bcfg: BackendConfig) -> (Hypervisor, Do
                 dom0.take_watch_events();
                 b.on_xenstore(&mut dom0);
             }
-            if b.port().is_some_and(|p| w.ports.contains(p)) {
+            if b.ports().iter().any(|&p| w.ports.contains(p)) {
                 b.process(&mut dom0);
             }
         }

@@ -647,7 +647,8 @@ impl BackendSide {
     fn serve(&mut self, dom: &mut Dom, ports: &xenblk_sim::PortSet) -> u64 {
         let mut n = 0;
         for b in &mut self.backs {
-            if b.port().is_some_and(|p| ports.contains(p)) {
+            // Any queue's event: `process` serves every queue.
+            if b.ports().iter().any(|&p| ports.contains(p)) {
                 n += b.process(dom) as u64;
             }
         }

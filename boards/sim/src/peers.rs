@@ -4,14 +4,17 @@
 //! They let a build with only one role compile in still be tested end to end (a
 //! backend-only build is driven by [`RawFrontend`]; a frontend-only build is served by
 //! [`RawBackend`]), and they are the base that hostile-peer tests bend out of shape.
-//! They follow the protocol plainly: one page per segment, no indirect, one-page ring.
+//! They follow the protocol plainly: one page per segment, one-page ring. Public knobs
+//! bend them towards other dialects: the ABI and whether `protocol` is written, read-only
+//! grants for write data (NetBSD xbd), hand-built indirect requests; on the backend side
+//! Connected before the frontend's ring (NetBSD xbdback) and an indirect offer.
 
 use std::collections::HashMap;
 
 use xenblk::platform::{BackendPlatform, FrontendPlatform, MapRequest, Mapping, Page, Port, Tx};
 use xenblk::proto::blkif::{
-    MAX_SEGMENTS_PER_REQUEST, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, ReqKind, Request, Response, RwOp, SegList,
-    Segment,
+    MAX_SEGMENTS_PER_REQUEST, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, ReqKind, Request, Response, RwOp,
+    SEGMENTS_PER_INDIRECT_PAGE, SegList, Segment,
 };
 use xenblk::proto::grant::{DomId, GntStatus, GrantRef};
 use xenblk::proto::ring::{BackRing, FrontRing, HEADER_SIZE};
@@ -68,11 +71,21 @@ pub struct RawFrontend {
     pool: Vec<(Page, Option<GrantRef>)>,
     free: Vec<usize>,
     inflight: HashMap<u64, RawInflight>,
+    /// Read-only grants of write data in flight, by pool index.
+    ro_grants: HashMap<usize, GrantRef>,
     next_id: u64,
     /// Whether the backend agreed to persistence.
     pub negotiated_persistent: bool,
     /// Disk size in sectors.
     pub sectors: u64,
+    /// The ABI of the ring (default native).
+    pub ring_protocol: Protocol,
+    /// Whether to write the `protocol` key (default true; false plays a legacy frontend).
+    pub write_protocol: bool,
+    /// Grant the pages of write requests read-only (NetBSD xbd; default false).
+    pub readonly_writes: bool,
+    /// Indirect pages of requests in flight (ended at completion).
+    indirect_inflight: HashMap<u64, Vec<(Page, GrantRef)>>,
 }
 
 impl RawFrontend {
@@ -92,10 +105,119 @@ impl RawFrontend {
             pool: Vec::new(),
             free: Vec::new(),
             inflight: HashMap::new(),
+            ro_grants: HashMap::new(),
             next_id: 0,
             negotiated_persistent: false,
             sectors: 0,
+            ring_protocol: Protocol::native(),
+            write_protocol: true,
+            readonly_writes: false,
+            indirect_inflight: HashMap::new(),
         }
+    }
+
+    /// The ring page (hostile tests rewrite slots in place).
+    pub fn ring_mem(&self) -> Option<xenblk::proto::shmem::SharedMem> {
+        self.ring_page.map(|(p, _)| p.mem)
+    }
+
+    /// Queues a READ or WRITE of `bytes` (whole 4 KiB pages) as one `BLKIF_OP_INDIRECT`
+    /// request: segment descriptors in `ceil(pages / 512)` indirect pages granted read-only
+    /// (as NetBSD and Linux do). Returns the id.
+    pub fn submit_indirect<P: FrontendPlatform>(
+        &mut self,
+        plat: &mut P,
+        sector: u64,
+        bytes: usize,
+        write: Option<&[u8]>,
+    ) -> u64 {
+        assert!(bytes > 0 && bytes.is_multiple_of(4096));
+        let n = bytes / 4096;
+        let mut segs = Vec::new();
+        let mut pages = Vec::new();
+        for i in 0..n {
+            let idx = self.page(plat);
+            if let Some(d) = write {
+                self.pool[idx].0.mem.copy_from_private(0, &d[i * 4096..(i + 1) * 4096]);
+            }
+            let g = self.grant_for(plat, idx, write.is_some());
+            segs.push(Segment { gref: g.0, first_sect: 0, last_sect: 7 });
+            pages.push(idx);
+        }
+        let mut ind = Vec::new();
+        let mut grefs: Vec<u32> = Vec::new();
+        for chunk in segs.chunks(SEGMENTS_PER_INDIRECT_PAGE) {
+            let p = plat.alloc_page().expect("indirect page");
+            for (k, sg) in chunk.iter().enumerate() {
+                p.mem.write_bytes(k * 8, &sg.encode());
+            }
+            let g = plat.grant(p.frame, self.backend_id, true).expect("grant indirect page");
+            grefs.push(g.0);
+            ind.push((p, g));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let op = if write.is_some() { RwOp::Write } else { RwOp::Read };
+        let req = Request {
+            id,
+            handle: 0,
+            sector,
+            kind: ReqKind::Indirect { op, nr_segments: n as u16, pages: grefs.into_iter().collect() },
+        };
+        assert!(self.ring.as_mut().unwrap().put_request(&req), "ring full");
+        self.inflight.insert(id, RawInflight { pages, write: write.is_some(), bytes });
+        self.indirect_inflight.insert(id, ind);
+        id
+    }
+
+    /// Queues a request of any kind whose segments are `pages` whole data pages (write data
+    /// from `data`); for flushes with data, barriers and discards. Returns the id.
+    pub fn submit_kind<P: FrontendPlatform>(&mut self, plat: &mut P, sector: u64, op: RwOp, data: &[u8]) -> u64 {
+        assert!(data.len().is_multiple_of(4096) && data.len() <= MAX_SEGMENTS_PER_REQUEST * 4096);
+        let mut segs = SegList::new();
+        let mut pages = Vec::new();
+        for chunk in data.chunks(4096) {
+            let idx = self.page(plat);
+            self.pool[idx].0.mem.copy_from_private(0, chunk);
+            let g = self.grant_for(plat, idx, op.is_write());
+            segs.push(Segment { gref: g.0, first_sect: 0, last_sect: 7 }).unwrap();
+            pages.push(idx);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = Request { id, handle: 0, sector, kind: ReqKind::Rw { op, segs } };
+        assert!(self.ring.as_mut().unwrap().put_request(&req), "ring full");
+        self.inflight.insert(id, RawInflight { pages, write: true, bytes: data.len() });
+        id
+    }
+
+    /// Queues a discard of `nr_sectors` at `sector`. Returns the id.
+    pub fn submit_discard(&mut self, sector: u64, nr_sectors: u64, secure: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = Request { id, handle: 0, sector, kind: ReqKind::Discard { secure, nr_sectors } };
+        assert!(self.ring.as_mut().unwrap().put_request(&req), "ring full");
+        self.inflight.insert(id, RawInflight { pages: Vec::new(), write: true, bytes: 0 });
+        id
+    }
+
+    fn grant_for<P: FrontendPlatform>(&mut self, plat: &mut P, idx: usize, write: bool) -> GrantRef {
+        let ro = write && self.readonly_writes;
+        if let Some(g) = self.pool[idx].1 {
+            if !ro || self.negotiated_persistent {
+                return g;
+            }
+            plat.end_access(g).expect("page still mapped");
+            self.pool[idx].1 = None;
+        }
+        let g = plat.grant(self.pool[idx].0.frame, self.backend_id, ro).expect("grant");
+        // A read-only grant is never kept for reuse (it could not receive read data).
+        if !ro {
+            self.pool[idx].1 = Some(g);
+        } else {
+            self.ro_grants.insert(idx, g);
+        }
+        g
     }
 
     /// Advances the handshake; returns true once connected.
@@ -103,13 +225,15 @@ impl RawFrontend {
         let back = state(plat, &self.backend_dir);
         if self.ring.is_none() && matches!(back, XenbusState::InitWait | XenbusState::Connected) {
             let page = plat.alloc_page().expect("ring page");
-            let ring = FrontRing::init(page.mem, Protocol::native().abi()).expect("ring");
+            let ring = FrontRing::init(page.mem, self.ring_protocol.abi()).expect("ring");
             let g = plat.grant(page.frame, self.backend_id, false).expect("grant ring");
             let port = plat.alloc_unbound(self.backend_id).expect("evtchn");
             let d = self.dir.clone();
             plat.write(Tx::NONE, &format!("{d}/ring-ref"), g.0.to_string().as_bytes()).unwrap();
             plat.write(Tx::NONE, &format!("{d}/event-channel"), port.0.to_string().as_bytes()).unwrap();
-            plat.write(Tx::NONE, &format!("{d}/protocol"), Protocol::native().as_str().as_bytes()).unwrap();
+            if self.write_protocol {
+                plat.write(Tx::NONE, &format!("{d}/protocol"), self.ring_protocol.as_str().as_bytes()).unwrap();
+            }
             plat.write(Tx::NONE, &format!("{d}/feature-persistent"), if self.persistent { b"1" } else { b"0" })
                 .unwrap();
             plat.write(Tx::NONE, &format!("{d}/state"), b"3").unwrap();
@@ -158,11 +282,7 @@ impl RawFrontend {
             if let Some(d) = write {
                 self.pool[idx].0.mem.copy_from_private(0, &d[i * 4096..i * 4096 + len]);
             }
-            if self.pool[idx].1.is_none() {
-                let g = plat.grant(self.pool[idx].0.frame, self.backend_id, false).expect("grant");
-                self.pool[idx].1 = Some(g);
-            }
-            let g = self.pool[idx].1.unwrap();
+            let g = self.grant_for(plat, idx, write.is_some());
             segs.push(Segment { gref: g.0, first_sect: 0, last_sect: (len / 512 - 1) as u8 }).unwrap();
             pages.push(idx);
         }
@@ -197,11 +317,19 @@ impl RawFrontend {
                     }
                 }
                 for &p in &inf.pages {
-                    if !self.negotiated_persistent {
+                    if let Some(g) = self.ro_grants.remove(&p) {
+                        // Read-only grants are never persistent: the backend must let go.
+                        plat.end_access(g).expect("backend kept a read-only grant");
+                    } else if !self.negotiated_persistent {
                         let g = self.pool[p].1.take().unwrap();
                         plat.end_access(g).expect("backend kept a non-persistent grant");
                     }
                     self.free.push(p);
+                }
+                for (page, g) in self.indirect_inflight.remove(&rsp.id).unwrap_or_default() {
+                    if plat.end_access(g).is_ok() {
+                        plat.free_page(page);
+                    }
                 }
                 out.push(RawCompletion { id: rsp.id, status: rsp.status, data });
             }
@@ -315,6 +443,14 @@ pub struct RawBackend {
     pub maps: u64,
     /// Grant unmaps performed.
     pub unmaps: u64,
+    /// NetBSD xbdback's order: every key and Connected before the frontend's ring.
+    pub connect_early: bool,
+    /// `feature-max-indirect-segments` offered (0: none).
+    pub max_indirect: u32,
+    /// Indirect requests served.
+    pub indirect_requests: u64,
+    /// Largest request served, in segments.
+    pub max_segments_seen: usize,
 }
 
 impl RawBackend {
@@ -335,7 +471,42 @@ impl RawBackend {
             cache: HashMap::new(),
             maps: 0,
             unmaps: 0,
+            connect_early: false,
+            max_indirect: 0,
+            indirect_requests: 0,
+            max_segments_seen: 0,
         }
+    }
+
+    /// A backend behaving as NetBSD xbdback: at creation it publishes `sectors`, `info`,
+    /// `sector-size` = 512, `feature-flush-cache` = 1 and `feature-max-indirect-segments`
+    /// = `max_indirect` (16 in netbsd-10; 0 writes none), never `feature-persistent`, and
+    /// goes Connected at once, before the frontend has published its ring.
+    pub fn netbsd<P: BackendPlatform>(plat: &mut P, dir: &str, disk: crate::RamDisk, max_indirect: u32) -> RawBackend {
+        let mut b = RawBackend::new(plat, dir, disk, false);
+        b.connect_early = true;
+        b.max_indirect = max_indirect;
+        let d = b.dir.clone();
+        if max_indirect > 0 {
+            plat.write(Tx::NONE, &format!("{d}/feature-max-indirect-segments"), max_indirect.to_string().as_bytes())
+                .unwrap();
+        }
+        for (k, v) in [
+            ("sectors", b.disk.sectors().to_string()),
+            ("info", "0".into()),
+            ("sector-size", "512".into()),
+            ("feature-flush-cache", "1".into()),
+            ("state", "4".into()),
+        ] {
+            plat.write(Tx::NONE, &format!("{d}/{k}"), v.as_bytes()).unwrap();
+        }
+        b
+    }
+
+    /// Offers `feature-max-indirect-segments` = `n` (call right after [`new`](Self::new)).
+    pub fn offer_indirect<P: BackendPlatform>(&mut self, plat: &mut P, n: u32) {
+        self.max_indirect = n;
+        plat.write(Tx::NONE, &format!("{}/feature-max-indirect-segments", self.dir), n.to_string().as_bytes()).unwrap();
     }
 
     /// Advances the handshake (and the close); returns true while connected.
@@ -363,6 +534,10 @@ impl RawBackend {
             let port = plat.bind_interdomain(self.front_id, Port(ev)).expect("bind");
             let ring = BackRing::attach(m.mem, proto.abi()).expect("attach");
             let d = self.dir.clone();
+            self.ring = Some((ring, m, port));
+            if self.connect_early {
+                return true;
+            }
             for (k, v) in [
                 ("sectors", self.disk.sectors().to_string()),
                 ("info", "0".into()),
@@ -373,7 +548,6 @@ impl RawBackend {
             ] {
                 plat.write(Tx::NONE, &format!("{d}/{k}"), v.as_bytes()).unwrap();
             }
-            self.ring = Some((ring, m, port));
         }
         self.ring.is_some()
     }
@@ -384,12 +558,17 @@ impl RawBackend {
         loop {
             loop {
                 let Some((ring, _, _)) = self.ring.as_mut() else { return n };
-                let Some(req) = ring.take_request(0).expect("ring overflow") else { break };
+                let Some(req) = ring.take_request(self.max_indirect as usize).expect("ring overflow") else { break };
                 let rsp = match req {
                     Err(rej) => Response { id: rej.id, op: rej.op, status: rej.status() },
                     Ok(r) => {
                         let status = self.serve(plat, &r);
-                        Response { id: r.id, op: r.op_code(), status }
+                        // Indirect requests are answered with their inner operation.
+                        let op = match &r.kind {
+                            ReqKind::Indirect { op, .. } => op.code(),
+                            _ => r.op_code(),
+                        };
+                        Response { id: r.id, op, status }
                     }
                 };
                 let (ring, _, _) = self.ring.as_mut().unwrap();
@@ -408,7 +587,37 @@ impl RawBackend {
     }
 
     fn serve<P: BackendPlatform>(&mut self, plat: &mut P, r: &Request) -> i16 {
-        let ReqKind::Rw { op, segs } = &r.kind else { return RSP_EOPNOTSUPP };
+        let (op, segs): (RwOp, Vec<Segment>) = match &r.kind {
+            ReqKind::Rw { op, segs } => (*op, segs.to_vec()),
+            ReqKind::Indirect { op, nr_segments, pages } => {
+                self.indirect_requests += 1;
+                let n = *nr_segments as usize;
+                let mut segs = Vec::new();
+                for (pi, &g) in pages.iter().enumerate() {
+                    let count = (n - pi * SEGMENTS_PER_INDIRECT_PAGE).min(SEGMENTS_PER_INDIRECT_PAGE);
+                    let mut out = [Err(GntStatus::GeneralError)];
+                    plat.map_batch(self.front_id, &[MapRequest { gref: GrantRef(g), readonly: true }], &mut out);
+                    let Ok(m) = out[0] else { return RSP_ERROR };
+                    self.maps += 1;
+                    let mut buf = vec![0u8; count * 8];
+                    m.mem.copy_to_private(0, &mut buf);
+                    let mut st = [GntStatus::Okay];
+                    plat.unmap_batch(&[m], &mut st);
+                    self.unmaps += 1;
+                    for k in 0..count {
+                        match xenblk::proto::blkif::decode_indirect_segment(&buf, k) {
+                            Some(s) => segs.push(s),
+                            None => return RSP_ERROR,
+                        }
+                    }
+                }
+                (*op, segs)
+            }
+            ReqKind::Discard { .. } => return RSP_EOPNOTSUPP,
+        };
+        self.max_segments_seen = self.max_segments_seen.max(segs.len());
+        let op = &op;
+        let segs = &segs;
         if *op == RwOp::Flush || *op == RwOp::WriteBarrier && segs.is_empty() {
             return RSP_OKAY;
         }
@@ -503,5 +712,11 @@ impl RawBackend {
     /// The event channel, once connected.
     pub fn port(&self) -> Option<Port> {
         self.ring.as_ref().map(|r| r.2)
+    }
+
+    /// Every event channel of the connection (one: this peer serves one queue), like
+    /// `Backend::ports`.
+    pub fn ports(&self) -> Vec<Port> {
+        self.port().into_iter().collect()
     }
 }

@@ -92,6 +92,7 @@ struct Common {
     physical_sector_size: AtomicU32,
     flush: AtomicBool,
     discard: AtomicBool,
+    discard_secure: AtomicBool,
     fault: Injector,
     c: Counters,
 }
@@ -105,6 +106,7 @@ impl Common {
             physical_sector_size: AtomicU32::new(512),
             flush: AtomicBool::new(true),
             discard: AtomicBool::new(discard),
+            discard_secure: AtomicBool::new(false),
             fault: Injector::default(),
             c: Counters::default(),
         }
@@ -121,7 +123,7 @@ impl Common {
             flush: self.flush.load(Ordering::Relaxed),
             discard: self.discard.load(Ordering::Relaxed),
             discard_granularity: ss,
-            discard_secure: false,
+            discard_secure: self.discard_secure.load(Ordering::Relaxed),
         }
     }
 
@@ -181,6 +183,12 @@ macro_rules! common_methods {
         /// Whether `StorageInfo::discard` is advertised.
         pub fn set_discard(&self, on: bool) {
             self.inner.common.discard.store(on, Ordering::Relaxed);
+        }
+
+        /// Whether `StorageInfo::discard_secure` is advertised (default false; a secure
+        /// discard zeroes the range like any other).
+        pub fn set_discard_secure(&self, on: bool) {
+            self.inner.common.discard_secure.store(on, Ordering::Relaxed);
         }
 
         /// Makes reads, writes, flushes and discards fail with `DiskError::Io` per
