@@ -342,6 +342,7 @@ fn map_cfg() -> BackendConfig {
         max_grants: 64,
         max_indirect_segments: 0,
         max_ring_order: 0,
+        max_queues: 1,
         grant_idle_ms: 0,
         budget: None,
     }

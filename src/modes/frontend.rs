@@ -466,7 +466,7 @@ impl Frontend {
             let s = p.stats();
             t.grants += s.grants;
             t.revokes += s.revokes;
-            t.kept_mapped += s.kept_mapped;
+            t.kept_granted += s.kept_granted;
             t.parked += s.parked;
             t.pages += s.pages;
         }
@@ -1429,7 +1429,7 @@ impl Frontend {
         // protocol (XSA-396). With persistence the backend keeps the mapping by design.
         if !persistent && let Data::Pool(pages) = &sh.data {
             for &p in pages {
-                if self.pool.settle(plat, p, false).is_err() {
+                if self.pools[pq].settle(plat, p, false).is_err() {
                     ok = false;
                 }
             }
