@@ -340,6 +340,14 @@ struct RingState {
     port: Port,
 }
 
+/// Ring pages the backend still mapped when the ring was torn down: kept (never reused)
+/// until every grant in `grefs` (only those whose revoke failed) has been ended.
+struct ParkedRing {
+    mem: SharedMem,
+    frames: heapless::Vec<u64, 16>,
+    grefs: heapless::Vec<GrantRef, 16>,
+}
+
 /// A blkif frontend for one virtual disk.
 pub struct Frontend {
     cfg: FrontendConfig,
@@ -348,6 +356,9 @@ pub struct Frontend {
     backend_id: DomId,
     phase: Phase,
     ring: Option<RingState>,
+    /// A torn-down ring the backend still mapped (Linux blkback unmaps only once it sees
+    /// our Closed, after we tore down); retried while no ring is up.
+    parked_ring: Option<ParkedRing>,
     pool: FrontPool,
     ids: IdTable,
     shadows: heapless::Vec<Option<Shadow>, { config::RING_SLOTS }>,
@@ -405,6 +416,7 @@ impl Frontend {
             backend_id,
             phase: Phase::WaitBackend,
             ring: None,
+            parked_ring: None,
             pool: FrontPool::new(cfg.pool_grants, backend_id),
             ids: IdTable::new(0),
             shadows,
@@ -476,6 +488,9 @@ impl Frontend {
     pub fn on_xenstore<P: FrontendPlatform>(&mut self, plat: &mut P) {
         if matches!(self.phase, Phase::Failed(_)) {
             return;
+        }
+        if self.ring.is_none() {
+            self.reap(plat);
         }
         let back = xs::read_state(plat, &self.backend_dir);
         debug!("xenblk front: backend state {}", back as u8);
@@ -740,15 +755,40 @@ impl Frontend {
     fn drop_ring<P: FrontendPlatform>(&mut self, plat: &mut P) {
         let Some(r) = self.ring.take() else { return };
         plat.unbind(r.port);
-        let mut all_ended = true;
+        let mut in_use = heapless::Vec::new();
         for &g in &r.grefs {
             if plat.end_access(g) == Err(RevokeError::InUse) {
-                all_ended = false;
+                let _ = in_use.push(g);
             }
         }
-        if all_ended {
+        if in_use.is_empty() {
             free_ring_mem(plat, r.mem, &r.frames);
+        } else {
+            // One ring is parked at a time: a second teardown before the first one's pages
+            // were released (the backend never let go) drops the older one, whose pages
+            // are then leaked, never reused.
+            self.parked_ring = Some(ParkedRing { mem: r.mem, frames: r.frames, grefs: in_use });
         }
+    }
+
+    /// Retries what a teardown could not release because the backend still mapped it:
+    /// parked pool pages become reusable, a parked ring's pages are freed.
+    fn reap<P: FrontendPlatform>(&mut self, plat: &mut P) {
+        self.pool.reap_parked(plat);
+        if let Some(p) = self.parked_ring.as_mut() {
+            p.grefs.retain(|&g| plat.end_access(g) == Err(RevokeError::InUse));
+            if p.grefs.is_empty()
+                && let Some(p) = self.parked_ring.take()
+            {
+                free_ring_mem(plat, p.mem, &p.frames);
+            }
+        }
+    }
+
+    /// Pages the backend still mapped at the last teardown (pool pages parked plus the
+    /// ring's pages if parked); they are retried at every xenstore event while no ring is up.
+    pub fn parked_pages(&self) -> usize {
+        self.pool.stats().parked as usize + self.parked_ring.as_ref().map_or(0, |p| p.frames.len())
     }
 
     fn reissue<P: FrontendPlatform>(&mut self, plat: &mut P) {
@@ -1372,6 +1412,7 @@ impl Frontend {
     pub fn shutdown<P: FrontendPlatform>(mut self, plat: &mut P) {
         let _ = plat.unwatch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token);
         self.disconnect(plat);
+        self.reap(plat);
         self.pool.free_pages(plat);
     }
 }

@@ -270,6 +270,9 @@ pub struct RawBackend {
     pub maps: u64,
     /// Grant unmaps performed.
     pub unmaps: u64,
+    /// Close in Linux blkback's order: on the frontend's Closing only answer Closing and
+    /// keep every grant mapped; unmap and go Closed when the frontend is Closed.
+    pub unmap_on_front_closed: bool,
 }
 
 impl RawBackend {
@@ -290,12 +293,17 @@ impl RawBackend {
             cache: HashMap::new(),
             maps: 0,
             unmaps: 0,
+            unmap_on_front_closed: false,
         }
     }
 
     /// Advances the handshake (and the close); returns true while connected.
     pub fn step<P: BackendPlatform>(&mut self, plat: &mut P) -> bool {
         let front = state(plat, &self.front_dir);
+        if front == XenbusState::Closing && self.unmap_on_front_closed {
+            plat.write(Tx::NONE, &format!("{}/state", self.dir), b"5").unwrap();
+            return false;
+        }
         if matches!(front, XenbusState::Closing | XenbusState::Closed) {
             if let Some((_, m, port)) = self.ring.take() {
                 self.clear_cache(plat);
