@@ -182,6 +182,8 @@ pub struct Pv {
     /// Counters printed at the end.
     pub grants: u64,
     pub revokes: u64,
+    /// Revokes refused because the backend still mapped the page.
+    pub revoke_in_use: u64,
     pub polls: u64,
 }
 
@@ -303,7 +305,10 @@ impl Grants for Pv {
         if gref.0 < NR_RESERVED_ENTRIES || gref.0 >= self.gnt.len() || !self.gnt_is_used(gref.0) {
             return Err(RevokeError::NotGranted);
         }
-        self.gnt.revoke(gref)?;
+        if let Err(e) = self.gnt.revoke(gref) {
+            self.revoke_in_use += u64::from(e == RevokeError::InUse);
+            return Err(e);
+        }
         self.gnt_set(gref.0, false);
         self.revokes += 1;
         Ok(())
@@ -556,6 +561,7 @@ pub unsafe extern "C" fn kmain(si: *const u8) -> ! {
         nports: 0,
         grants: 0,
         revokes: 0,
+        revoke_in_use: 0,
         polls: 0,
     };
     // SAFETY: IO is used only here, by this single thread, once.
@@ -572,8 +578,35 @@ fn end_of_image() -> usize {
     (&raw const _end) as usize
 }
 
-fn secs(t0: u64, t1: u64) -> f64 {
-    t1.saturating_sub(t0) as f64 / 1e9
+/// Seconds between two system times, printed with two decimals (no float formatting in
+/// the image).
+struct Secs(u64);
+
+impl core::fmt::Display for Secs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let cs = self.0 / 10_000_000;
+        write!(f, "{}.{:02}", cs / 100, cs % 100)
+    }
+}
+
+fn secs(t0: u64, t1: u64) -> Secs {
+    Secs(t1.saturating_sub(t0))
+}
+
+/// Bytes of the boot stack ever used: it starts zeroed (.bss) and grows down, so the
+/// lowest non-zero byte marks the deepest point reached so far.
+fn stack_high_water() -> usize {
+    let base = (&raw const hyp::BOOT_STACK) as *const u8;
+    let mut i = 0;
+    while i < hyp::STACK_BYTES {
+        // SAFETY: `base + i` lies inside BOOT_STACK; a volatile byte read of memory the
+        // single vCPU's stack may also use (below the current frame nothing is live).
+        if unsafe { core::ptr::read_volatile(base.add(i)) } != 0 {
+            break;
+        }
+        i += 1;
+    }
+    hyp::STACK_BYTES - i
 }
 
 fn disk_test(plat: &mut Pv, io: &mut Io) {
@@ -600,7 +633,7 @@ fn disk_test(plat: &mut Pv, io: &mut Io) {
     }
     let neg = *f.negotiated();
     say!(
-        "XENBLK: connected in {:.2} s: backend dom{} sectors={} sector_size={} persistent={} ring_order={} slots={} indirect={} flush={} max_request={} B",
+        "XENBLK: connected in {} s: backend dom{} sectors={} sector_size={} persistent={} ring_order={} slots={} indirect={} flush={} max_request={} B",
         secs(t_attach, now_ns()),
         f.backend_id().0,
         neg.sectors,
@@ -676,24 +709,31 @@ fn disk_test(plat: &mut Pv, io: &mut Io) {
 
     // Close the device properly before powering off.
     f.close(plat);
+    // Closed comes before the backend lets go of its mappings (Linux blkback unmaps when
+    // it sees our Closed): wait for that too, so that no grant outlives the connection.
     for _ in 0..100 {
-        if matches!(f.phase(), Phase::Closed | Phase::Failed(_)) {
+        if matches!(f.phase(), Phase::Failed(_)) || (f.phase() == Phase::Closed && f.parked_pages() == 0) {
             break;
         }
         plat.wait(Some(100));
         f.on_xenstore(plat);
     }
-    let closed = f.phase();
+    let (closed, parked) = (f.phase(), f.parked_pages());
     f.shutdown(plat);
-    say!("XENBLK: closed ({closed:?}); grants live after shutdown={}", plat.grants - plat.revokes);
+    let live = plat.grants - plat.revokes;
     say!(
-        "XENBLK: RESULT OK md5={sw} mib={TEST_MIB} write_s={:.2} read_s={:.2} requests={} guest_persistent={} pool_grants={} ring_order={} indirect={}",
+        "XENBLK: closed ({closed:?}, {parked} pages still mapped by the backend at the end); grants live after shutdown={live} (revokes refused as still mapped: {})",
+        plat.revoke_in_use
+    );
+    say!(
+        "XENBLK: RESULT OK md5={sw} mib={TEST_MIB} write_s={} read_s={} requests={} guest_persistent={} pool_grants={} ring_order={} indirect={} grants_live_at_exit={live} stack_used={}",
         secs(t0, t1),
         secs(t1, t2),
         st.submitted,
         u8::from(neg.persistent),
         ps.grants,
         neg.ring_order,
-        neg.indirect_segments
+        neg.indirect_segments,
+        stack_high_water()
     );
 }
