@@ -9,10 +9,28 @@ pv_diag() { # $1 domain name
   xl dmesg 2>/dev/null | grep -aE "d[1-9][0-9]*|domain_crash|Unhandled|fault" | tail -15 | sed "s/^/[xl dmesg] /"
 }
 
+# A minimal vbd hotplug script (busybox sh): publishes the device's major:minor (hex) for
+# blkback. The stock /etc/xen/scripts/block (bash, locking) ran past libxl's hotplug timeout
+# twice when the shared host's load average was 11-21, failing `xl create` before the guest
+# existed; this one does only what blkback needs (as in shared/docs/xen-rig.md).
+pv_block_mini() {
+  cat > /etc/xen/scripts/block-mini <<'EOS'
+#!/bin/sh
+P=$(xenstore-read "$XENBUS_PATH/params")
+case "$1" in
+  add) xenstore-write "$XENBUS_PATH/physical-device" "$(stat -L -c %t:%T "$P")" \
+                      "$XENBUS_PATH/hotplug-status" connected ;;
+esac
+exit 0
+EOS
+  chmod +x /etc/xen/scripts/block-mini
+}
+
 # pv-guest-vs-linux-back: the PV guest's xenblk frontend against kernel blkback (file
-# behind /dev/loop0).
+# behind /dev/loop0, block-mini hotplug script).
 cell_pv_guest_vs_linux_back() {
   N=pv-guest-vs-linux-back
+  pv_block_mini
   [ -f /rig/xenblk-xen-pv.elf ] || { cell $N FAIL "guest ELF not in the dom0 image (boards/xen-pv/build.sh)"; return; }
   IMG=/var/lib/xenblk/pvlb.img
   mkimage $IMG || { cell $N FAIL "cannot create image"; return; }

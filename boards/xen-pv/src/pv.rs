@@ -621,7 +621,11 @@ fn disk_test(plat: &mut Pv, io: &mut Io) {
     let Some(dev) = first.and_then(|s| core::str::from_utf8(s).ok()) else { fail(format_args!("no vbd under {path}")) };
     let mut dir: heapless::String<96> = heapless::String::new();
     let _ = write!(dir, "{path}/{dev}");
-    say!("XENBLK: attaching {dir}");
+    say!(
+        "XENBLK: attaching {dir} (size_of Frontend={} B, platform={} B)",
+        core::mem::size_of::<Frontend>(),
+        core::mem::size_of::<Pv>()
+    );
 
     let t_attach = now_ns();
     let mut f = match Frontend::attach(plat, &dir, FrontendConfig::default(), 1) {
