@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 use md5::{Digest, Md5};
 use xenblk::config;
-use xenblk::modes::frontend::{Frontend, FrontendConfig, Phase};
+use xenblk::modes::frontend::{Frontend, FrontendConfig, Io as BlkIo, Phase, Status, SubmitError};
 use xenblk::platform::{EventChannels, Grants, Page, Pages, PlatformError, Port, Result, Tx, Wait, Wake, XenStore};
 use xenblk::proto::grant::{DomId, ENTRIES_PER_FRAME, GrantRef, GrantTableV1, NR_RESERVED_ENTRIES, RevokeError};
 use xenblk::proto::shmem::SharedMem;
@@ -39,6 +39,10 @@ const HOLE_PAGES: usize = HOLE_GNTTAB + GNT_FRAMES;
 const TEST_MIB: u64 = 8;
 /// Bytes per write/read call.
 const CHUNK: usize = 64 * 1024;
+/// Queued phase: this many MiB at 16 MiB, in requests of QD_REQ bytes, as many in flight
+/// as the ring and the pool allow.
+const QD_MIB: u64 = 4;
+const QD_REQ: usize = 32 * 1024;
 
 #[repr(C, align(4096))]
 struct Frames<const N: usize>([[u8; PAGE]; N]);
@@ -609,6 +613,62 @@ fn stack_high_water() -> usize {
     hyp::STACK_BYTES - i
 }
 
+/// Writes QD_MIB MiB with many requests in flight (submit until Busy, kick, poll), then
+/// reads it back and compares. Returns the most requests seen in flight and the seconds
+/// the queued writes took.
+fn queued_test(plat: &mut Pv, f: &mut Frontend, io: &mut Io) -> (usize, Secs) {
+    let n = (QD_MIB as usize * 1024 * 1024) / QD_REQ;
+    let base = 16 * 2048u64;
+    let secs_per = (QD_REQ / 512) as u64;
+    let (mut next, mut done, mut bad, mut max_in_flight) = (0usize, 0usize, 0usize, 0usize);
+    let t0 = now_ns();
+    while done < n {
+        while next < n {
+            Pattern::new(10_000 + next as u64).fill(&mut io.data[..QD_REQ]);
+            let w = BlkIo::Write { sector: base + next as u64 * secs_per, data: &io.data[..QD_REQ] };
+            match f.submit(plat, w, next as u64) {
+                Ok(()) => next += 1,
+                Err(SubmitError::Busy) => break,
+                Err(e) => fail(format_args!("queued write {next}: {e:?}")),
+            }
+        }
+        f.kick(plat);
+        max_in_flight = max_in_flight.max(f.in_flight());
+        let got = f.poll(plat, |c| {
+            done += 1;
+            bad += usize::from(c.status != Status::Ok);
+        });
+        if got == 0 {
+            if matches!(f.phase(), Phase::Failed(_)) {
+                fail(format_args!("device failed during queued writes: {:?}", f.phase()));
+            }
+            let w = plat.wait(Some(1000));
+            if w.xenstore || w.timeout {
+                f.on_xenstore(plat);
+            }
+        }
+    }
+    let t1 = now_ns();
+    if bad != 0 {
+        fail(format_args!("{bad} queued writes failed"));
+    }
+    for c in 0..n {
+        let back = &mut io.back[..QD_REQ];
+        if let Err(s) = f.read_blocking(plat, base + c as u64 * secs_per, back) {
+            fail(format_args!("read of queued chunk {c}: {s:?}"));
+        }
+        Pattern::new(10_000 + c as u64).fill(&mut io.data[..QD_REQ]);
+        if io.back[..QD_REQ] != io.data[..QD_REQ] {
+            fail(format_args!("queued chunk {c} read back different"));
+        }
+    }
+    say!(
+        "XENBLK: queued: {n} writes of {QD_REQ} B, at most {max_in_flight} in flight, {} s; read back OK",
+        secs(t0, t1)
+    );
+    (max_in_flight, secs(t0, t1))
+}
+
 fn disk_test(plat: &mut Pv, io: &mut Io) {
     let mut path: heapless::String<64> = heapless::String::new();
     let _ = write!(path, "/local/domain/{}/device/vbd", plat.domid.0);
@@ -649,7 +709,7 @@ fn disk_test(plat: &mut Pv, io: &mut Io) {
         neg.flush,
         f.max_request_bytes()
     );
-    let need = (TEST_MIB + 1) * 2048;
+    let need = (16 + QD_MIB) * 2048;
     if neg.sectors < need {
         fail(format_args!("disk too small: {} sectors < {need}", neg.sectors));
     }
@@ -695,6 +755,7 @@ fn disk_test(plat: &mut Pv, io: &mut Io) {
     if sw != sr {
         fail(format_args!("md5 written {sw} != read {sr}"));
     }
+    let (qd_max, qd_s) = queued_test(plat, &mut f, io);
     let st = f.stats();
     let ps = f.pool_stats();
     say!(
@@ -730,7 +791,7 @@ fn disk_test(plat: &mut Pv, io: &mut Io) {
         plat.revoke_in_use
     );
     say!(
-        "XENBLK: RESULT OK md5={sw} mib={TEST_MIB} write_s={} read_s={} requests={} guest_persistent={} pool_grants={} ring_order={} indirect={} grants_live_at_exit={live} stack_used={}",
+        "XENBLK: RESULT OK md5={sw} mib={TEST_MIB} write_s={} read_s={} requests={} guest_persistent={} pool_grants={} ring_order={} indirect={} grants_live_at_exit={live} stack_used={} qd_bytes={} qd_max_in_flight={qd_max} qd_s={qd_s}",
         secs(t0, t1),
         secs(t1, t2),
         st.submitted,
@@ -738,6 +799,7 @@ fn disk_test(plat: &mut Pv, io: &mut Io) {
         ps.grants,
         neg.ring_order,
         neg.indirect_segments,
-        stack_high_water()
+        stack_high_water(),
+        QD_MIB * 1024 * 1024
     );
 }
