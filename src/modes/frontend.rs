@@ -363,6 +363,14 @@ struct RingState {
     unpushed: bool,
 }
 
+/// Ring pages the backend still mapped when the ring was torn down: kept (never reused)
+/// until every grant in `grefs` (only those whose revoke failed) has been ended.
+struct ParkedRing {
+    mem: SharedMem,
+    frames: heapless::Vec<u64, 16>,
+    grefs: heapless::Vec<GrantRef, 16>,
+}
+
 /// A blkif frontend for one virtual disk.
 pub struct Frontend {
     cfg: FrontendConfig,
@@ -377,6 +385,9 @@ pub struct Frontend {
     /// One pool of granted pages per queue (Linux blkfront keeps one per ring): a page
     /// serves one ring only, so each backend ring's persistent cache sees its own pages.
     pools: heapless::Vec<FrontPool, MAX_QUEUES>,
+    /// Torn-down rings the backend still mapped (Linux blkback unmaps only once it sees our
+    /// Closed, after we tore down); retried while no ring is up.
+    parked_rings: heapless::Vec<ParkedRing, MAX_QUEUES>,
     ids: IdTable,
     shadows: heapless::Vec<Option<Shadow>, MAX_IDS>,
     /// Requests waiting to be (re)issued, oldest first (ids into `shadows`).
@@ -434,6 +445,7 @@ impl Frontend {
             rings: heapless::Vec::new(),
             next_queue: 0,
             pools: (0..MAX_QUEUES).map(|_| FrontPool::new(cfg.pool_grants, backend_id)).collect(),
+            parked_rings: heapless::Vec::new(),
             ids: IdTable::new(0),
             shadows,
             backlog: heapless::Deque::new(),
@@ -573,6 +585,9 @@ impl Frontend {
         if matches!(self.phase, Phase::Failed(_)) {
             return;
         }
+        if self.rings.is_empty() {
+            self.reap(plat);
+        }
         let back = xs::read_state(plat, &self.backend_dir);
         debug!("xenblk front: backend state {}", back as u8);
         match (self.phase, back) {
@@ -671,9 +686,32 @@ impl Frontend {
         Ok(())
     }
 
-    /// Retries pages an earlier backend kept mapped; returns how many are still held.
+    /// Retries what an earlier backend kept mapped (parked pool pages become reusable,
+    /// orphaned pages and parked rings are freed once their grants end); returns how many
+    /// pages are still held.
     pub fn reap<P: FrontendPlatform>(&mut self, plat: &mut P) -> usize {
-        self.pools.iter_mut().map(|p| p.reap_parked(plat) + p.orphans()).sum()
+        for p in self.pools.iter_mut() {
+            p.reap_parked(plat);
+        }
+        let mut k = 0;
+        while k < self.parked_rings.len() {
+            let p = &mut self.parked_rings[k];
+            p.grefs.retain(|&g| plat.end_access(g) == Err(RevokeError::InUse));
+            if p.grefs.is_empty() {
+                let p = self.parked_rings.remove(k);
+                free_ring_mem(plat, p.mem, &p.frames);
+            } else {
+                k += 1;
+            }
+        }
+        self.parked_pages()
+    }
+
+    /// Pages the backend still mapped at the last teardown: parked and orphaned pool pages
+    /// plus the pages of parked rings (retried at every xenstore event while no ring is up).
+    pub fn parked_pages(&self) -> usize {
+        self.pools.iter().map(|p| p.stats().parked as usize + p.orphans()).sum::<usize>()
+            + self.parked_rings.iter().map(|r| r.frames.len()).sum::<usize>()
     }
 
     /// Asks to close the device (front-initiated). In-flight requests still complete.
@@ -947,14 +985,22 @@ impl Frontend {
     fn drop_ring<P: FrontendPlatform>(&mut self, plat: &mut P) {
         while let Some(r) = self.rings.pop() {
             plat.unbind(r.port);
-            let mut all_ended = true;
+            let mut in_use = heapless::Vec::new();
             for &g in &r.grefs {
                 if plat.end_access(g) == Err(RevokeError::InUse) {
-                    all_ended = false;
+                    let _ = in_use.push(g);
                 }
             }
-            if all_ended {
+            if in_use.is_empty() {
                 free_ring_mem(plat, r.mem, &r.frames);
+            } else {
+                // At most one parked ring per queue: a further teardown before the backend
+                // let go of the oldest drops that one, whose pages are then leaked, never
+                // reused.
+                if self.parked_rings.is_full() {
+                    self.parked_rings.remove(0);
+                }
+                let _ = self.parked_rings.push(ParkedRing { mem: r.mem, frames: r.frames, grefs: in_use });
             }
         }
     }
@@ -1620,6 +1666,7 @@ impl Frontend {
     pub fn shutdown<P: FrontendPlatform>(mut self, plat: &mut P) {
         let _ = plat.unwatch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token);
         self.disconnect(plat);
+        self.reap(plat);
         for p in self.pools.iter_mut() {
             p.free_pages(plat);
         }

@@ -451,6 +451,9 @@ pub struct RawBackend {
     pub indirect_requests: u64,
     /// Largest request served, in segments.
     pub max_segments_seen: usize,
+    /// Close in Linux blkback's order: on the frontend's Closing only answer Closing and
+    /// keep every grant mapped; unmap and go Closed when the frontend is Closed.
+    pub unmap_on_front_closed: bool,
 }
 
 impl RawBackend {
@@ -475,6 +478,7 @@ impl RawBackend {
             max_indirect: 0,
             indirect_requests: 0,
             max_segments_seen: 0,
+            unmap_on_front_closed: false,
         }
     }
 
@@ -512,6 +516,10 @@ impl RawBackend {
     /// Advances the handshake (and the close); returns true while connected.
     pub fn step<P: BackendPlatform>(&mut self, plat: &mut P) -> bool {
         let front = state(plat, &self.front_dir);
+        if front == XenbusState::Closing && self.unmap_on_front_closed {
+            plat.write(Tx::NONE, &format!("{}/state", self.dir), b"5").unwrap();
+            return false;
+        }
         if matches!(front, XenbusState::Closing | XenbusState::Closed) {
             if let Some((_, m, port)) = self.ring.take() {
                 self.clear_cache(plat);
