@@ -130,10 +130,25 @@ frontend,pool-static,ring-linux,defmt,log|`defmt` and `log` are mutually exclusi
 EOF_LIST
 }
 
+# A config whose header says `# only-profile: NAME` is valid under that profile only; under
+# the other one explain must refuse it with a located error.
 config_explain() {
-    local cfg profile
+    local cfg profile only out
     for cfg in configs/*.cfg; do
+        only=$(sed -n 's/^# only-profile: *\([a-z]*\).*/\1/p' "$cfg" | head -n 1)
         for profile in linux netbsd; do
+            if [ -n "$only" ] && [ "$profile" != "$only" ]; then
+                echo "explain $cfg --profile $profile (must fail)"
+                if out=$(cargo run -q -p xenblk-config -- explain "$cfg" --profile "$profile" 2>&1); then
+                    echo "$cfg was accepted under profile $profile" >&2
+                    return 1
+                fi
+                printf '%s\n' "$out" | grep -qF "$cfg:" || {
+                    printf '%s\n' "$out" >&2
+                    return 1
+                }
+                continue
+            fi
             echo "explain $cfg --profile $profile"
             cargo run -q -p xenblk-config -- explain "$cfg" --profile "$profile" >/dev/null
         done
