@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use xenblk::modes::frontend::{FailReason, Frontend, FrontendConfig, Io, Phase, Status, SubmitError};
 use xenblk::platform::{EventChannels, GrantMapper, Grants, MapRequest, Mapping, Pages, XenStore};
 use xenblk::proto::blkif::{OP_INDIRECT, OP_READ, OP_WRITE, RSP_ERROR, RSP_OKAY, ReqKind, Request, Response};
-use xenblk::proto::grant::{GntStatus, GrantRef, RevokeError};
+use xenblk::proto::grant::{GTF_READING, GTF_WRITING, GntStatus, GrantRef, RevokeError};
 use xenblk::proto::shmem::SharedMem;
 use xenblk_sim::peers::RawBackend;
 use xenblk_sim::{Dom, Hypervisor, RamDisk, VbdSpec};
@@ -363,7 +363,7 @@ fn xsa396_persistent_pages_kept_by_a_dead_connection_are_not_reused_by_the_next(
     let mapped_before = r.bdom.live_mappings();
     assert!(mapped_before > 1);
     for g in 8..r.guest.grant_table().len() {
-        if r.guest.grant_table().read(GrantRef(g)).is_some_and(|e| e.flags & 0x18 != 0) {
+        if r.guest.grant_table().read(GrantRef(g)).is_some_and(|e| e.flags & (GTF_READING | GTF_WRITING) != 0) {
             old.insert(r.frame_of(g));
         }
     }

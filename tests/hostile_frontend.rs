@@ -849,7 +849,6 @@ fn bad_grant_references_are_an_error() {
         assert_eq!(r.one(slot(&rw_req(1, RwOp::Read, 0, &[seg(g, 0, 7)]))), RSP_ERROR, "{what} (read)");
         assert_eq!(r.one(slot(&rw_req(2, RwOp::Write, 0, &[seg(g, 0, 7)]))), RSP_ERROR, "{what} (write)");
     }
-    // Grant copy data path: the same refusals.
     r.victims_ok();
 }
 
