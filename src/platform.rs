@@ -77,6 +77,16 @@ pub trait Grants {
     fn end_access(&mut self, gref: GrantRef) -> core::result::Result<(), RevokeError>;
     /// Whether the grantee currently maps `gref` (advisory: it may change at once).
     fn is_mapped(&mut self, gref: GrantRef) -> bool;
+    /// Whether [`end_access`](Self::end_access) can see the grantee's mappings (it can on
+    /// every board that owns its grant table). A board that cannot (Linux userspace on
+    /// `/dev/xen/gntalloc`: the kernel owns the table, and its revoke never fails but defers
+    /// releasing a still-mapped page) returns false; the frontend's pool then grants
+    /// read-write only, because changing a grant's permission means ending it, and an ended
+    /// reference may be reused for another page while the backend still caches it. (With
+    /// persistence negotiated the pool keeps every grant until disconnect on all boards.)
+    fn observes_mappings(&self) -> bool {
+        true
+    }
 }
 
 /// One element of a map batch.

@@ -152,3 +152,38 @@ fn full_page_requests_at_depth() {
     check_clean(&r, &c);
     check_disks(&gens, &disks);
 }
+
+/// A frontend board that cannot see the backend's mappings (Linux gntalloc,
+/// `Grants::observes_mappings` = false), persistent: every pool page is granted once and
+/// never revoked during I/O, and the data stays right.
+#[cfg(feature = "frontend")]
+#[test]
+fn opaque_grants_frontend_keeps_persistent_grants_without_revoking() {
+    let c = RunConfig { front_opaque_grants: true, ..cfg(Mode::Persistent, true, true) };
+    let (r, gens, disks) = run_with_disks(&c);
+    check_clean(&r, &c);
+    check_disks(&gens, &disks);
+    assert!(r.guests.iter().all(|g| g.persistent));
+    let pool = xenblk::config::FRONTEND_POOL_GRANTS as u64;
+    for g in &r.guests {
+        assert!(g.grants <= pool, "guest {} granted {} pages, pool {}", g.domid, g.grants, pool);
+    }
+    assert_eq!(r.unmaps_before_shutdown, 0, "grants were ended during persistent I/O");
+    assert_eq!(r.unmaps, r.maps, "shutdown left mappings behind");
+    assert_eq!(r.live_mappings_at_end, 0);
+}
+
+/// The same board without persistence (backend refuses): grants end at every completion.
+#[cfg(feature = "frontend")]
+#[test]
+fn opaque_grants_frontend_without_persistence_maps_per_segment() {
+    let c = RunConfig { front_opaque_grants: true, ..cfg(Mode::Persistent, true, false) };
+    let (r, gens, disks) = run_with_disks(&c);
+    check_clean(&r, &c);
+    check_disks(&gens, &disks);
+    assert!(r.guests.iter().all(|g| !g.persistent));
+    let granted: u64 = r.guests.iter().map(|g| g.grants).sum();
+    assert_eq!(r.maps, granted, "one map per granted segment");
+    assert_eq!(r.guests.iter().map(|g| g.revokes).sum::<u64>(), granted, "every grant ended");
+    assert_eq!(r.unmaps_before_shutdown, r.maps);
+}

@@ -172,6 +172,9 @@ impl FrontPool {
     }
 
     fn prepare<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, readonly: bool) -> Result<(), PoolError> {
+        // A board that cannot see mappings grants read-write only: a permission change would
+        // end a grant the backend may still cache.
+        let readonly = readonly && plat.observes_mappings();
         let e = &mut self.entries[idx as usize];
         if e.page.is_none() {
             e.page = Some(plat.alloc_page().map_err(PoolError::Platform)?);
@@ -544,5 +547,34 @@ mod tests {
         pool.put_unused(a);
         let a2 = pool.get(&mut m, false).unwrap();
         assert_eq!(m.table.read(pool.gref(a2)).unwrap().flags & crate::proto::grant::GTF_READONLY, 0);
+    }
+
+    #[test]
+    fn opaque_board_keeps_persistent_grants_and_grants_writable() {
+        let mut m = Mock::new();
+        m.opaque = true;
+        let mut pool = FrontPool::new(2, DomId(0));
+        // Read-only wanted, but a board that cannot see mappings grants read-write only.
+        let a = pool.get(&mut m, true).unwrap();
+        let ga = pool.gref(a);
+        assert_eq!(m.table.read(ga).unwrap().flags & crate::proto::grant::GTF_READONLY, 0);
+        // Persistent: no revoke is attempted, the grant stays and the page is reused first.
+        pool.put(&mut m, a, true).unwrap();
+        assert_eq!(m.end_calls, 0);
+        assert_eq!(pool.stats().kept_granted, 1);
+        let again = pool.get(&mut m, false).unwrap();
+        assert_eq!((again, pool.gref(again)), (a, ga));
+        pool.settle(&mut m, again, true).unwrap();
+        assert_eq!((m.end_calls, pool.gref(again)), (0, ga));
+        // Without persistence the grant is ended at completion.
+        pool.put(&mut m, again, false).unwrap();
+        assert_eq!(m.end_calls, 1);
+        assert_eq!(pool.gref(again), GrantRef(u32::MAX));
+        // Disconnect ends whatever is still granted.
+        let b = pool.get(&mut m, false).unwrap();
+        pool.put(&mut m, b, true).unwrap();
+        assert_eq!(pool.release_all(&mut m), 0);
+        assert!(m.end_calls >= 2);
+        assert!(m.table.read(pool.gref(b)).is_none_or(|e| e.flags == 0));
     }
 }

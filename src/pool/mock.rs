@@ -16,6 +16,10 @@ pub struct Mock {
     frames: Vec<SharedMem>,
     pub unmapped: Vec<u64>,
     pub mapped: usize,
+    /// Play a board that cannot see mappings (`Grants::observes_mappings` = false).
+    pub opaque: bool,
+    /// Calls of `end_access`.
+    pub end_calls: usize,
 }
 
 impl Mock {
@@ -28,6 +32,8 @@ impl Mock {
             frames: Vec::new(),
             unmapped: Vec::new(),
             mapped: 0,
+            opaque: false,
+            end_calls: 0,
         }
     }
     /// Plays the backend: marks `g` mapped (or not).
@@ -81,12 +87,16 @@ impl Grants for Mock {
         }
     }
     fn end_access(&mut self, gref: GrantRef) -> core::result::Result<(), RevokeError> {
+        self.end_calls += 1;
         self.table.revoke(gref)?;
         self.free_refs.push(gref.0);
         Ok(())
     }
     fn is_mapped(&mut self, gref: GrantRef) -> bool {
         self.table.in_use(gref)
+    }
+    fn observes_mappings(&self) -> bool {
+        !self.opaque
     }
 }
 

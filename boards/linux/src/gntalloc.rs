@@ -3,7 +3,8 @@
 //!
 //! Caveat for the frontend: gntalloc grants a page when it is allocated, to one domain, and
 //! revokes it only when it is deallocated and unmapped; there is no "end access but keep the
-//! page" and no way to ask whether the grantee maps it. See NOTES.md.
+//! page" and no way to ask whether the grantee maps it. How `LinuxFrontend` maps the
+//! driver's grant semantics onto that: `platform.rs` and NOTES.md.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
@@ -53,6 +54,61 @@ impl Gntalloc {
 
     /// Allocates `count` zeroed pages granted to `domid`, and maps them.
     pub fn alloc(&self, domid: DomId, count: usize, writable: bool) -> Result<GntAlloc> {
+        let (index, grefs) = self.alloc_grefs(domid, count, writable)?;
+        // SAFETY: maps a fresh region of the gntalloc range just allocated.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                count * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd(),
+                index as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = last_err();
+            self.dealloc_index(index, count as u32);
+            return Err(e);
+        }
+        Ok(GntAlloc { ptr: p.cast(), grefs, index })
+    }
+
+    /// Allocates one page granted to `domid` and maps it at `addr` in place of whatever
+    /// was mapped there (`MAP_FIXED`); the page's previous contents are not carried over
+    /// (the caller copies them). Returns the reference and the gntalloc index.
+    ///
+    /// # Safety
+    /// `addr` must be page-aligned and be one page of a mapping the caller owns and whose
+    /// old contents no one else uses from now on.
+    pub unsafe fn alloc_at(&self, domid: DomId, writable: bool, addr: *mut u8) -> Result<(GrantRef, u64)> {
+        let (index, grefs) = self.alloc_grefs(domid, 1, writable)?;
+        // SAFETY: the caller owns the page at `addr`; MAP_FIXED replaces exactly that page.
+        let p = unsafe {
+            libc::mmap(
+                addr.cast(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                self.fd(),
+                index as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED || p.cast::<u8>() != addr {
+            let e = last_err();
+            self.dealloc_index(index, 1);
+            return Err(e);
+        }
+        Ok((grefs[0], index))
+    }
+
+    /// Drops the file's reference to the pages at `index` (see [`free`](Self::free)): the
+    /// grant ends once no mapping of them is left.
+    pub fn dealloc(&self, index: u64, count: u32) {
+        self.dealloc_index(index, count)
+    }
+
+    fn alloc_grefs(&self, domid: DomId, count: usize, writable: bool) -> Result<(u64, Vec<GrantRef>)> {
         if count == 0 {
             return Err(PlatformError::Invalid);
         }
@@ -81,23 +137,7 @@ impl Gntalloc {
             // SAFETY: id `i` lies at `head + 4 i`, inside the buffer.
             .map(|i| GrantRef(unsafe { base.add(head + 4 * i).cast::<u32>().read() }))
             .collect();
-        // SAFETY: maps a fresh region of the gntalloc range just allocated.
-        let p = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                count * PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                self.fd(),
-                index as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let e = last_err();
-            self.dealloc_index(index, count as u32);
-            return Err(e);
-        }
-        Ok(GntAlloc { ptr: p.cast(), grefs, index })
+        Ok((index, grefs))
     }
 
     fn dealloc_index(&self, index: u64, count: u32) {

@@ -4,7 +4,9 @@
 //!   socket or `/dev/xen/xenbus` (no libxenstore);
 //! - [`evtchn`], [`gntdev`], [`gntalloc`]: the `/dev/xen` devices (ioctls in [`sys`],
 //!   checked against the kernel's UAPI headers by the tests);
-//! - [`platform`]: the driver's platform traits on top of them;
+//! - [`platform`]: the driver's platform traits on top of them ([`platform::LinuxBackend`],
+//!   [`platform::LinuxFrontend`]);
+//! - [`md5`]: a streaming MD5 so that `xenblk-front` can print what dom0's `md5sum` checks;
 //! - `storage` (with `backend`): a disk image file as the backend's storage.
 //!
 //! Status and the rig that exercises this in Xen-in-QEMU: `boards/linux/NOTES.md`.
@@ -12,6 +14,7 @@
 pub mod evtchn;
 pub mod gntalloc;
 pub mod gntdev;
+pub mod md5;
 pub mod platform;
 #[cfg(feature = "backend")]
 pub mod storage;

@@ -67,6 +67,8 @@ pub struct Dom {
     live_maps: usize,
     vmaps: HashMap<usize, (MappedRegion, Vec<u32>)>,
     peers: HashMap<u16, Arc<Domain>>,
+    /// Play a board that cannot see the grantee's mappings (Linux gntalloc).
+    opaque_grants: bool,
 }
 
 impl Dom {
@@ -85,6 +87,7 @@ impl Dom {
             peers: HashMap::new(),
             d,
             hv,
+            opaque_grants: false,
         }
     }
 
@@ -471,6 +474,18 @@ impl Grants for Dom {
 
     fn is_mapped(&mut self, gref: GrantRef) -> bool {
         self.d.gnt.in_use(gref)
+    }
+
+    fn observes_mappings(&self) -> bool {
+        !self.opaque_grants
+    }
+}
+
+impl Dom {
+    /// Makes this domain's `Grants::observes_mappings` false, as on Linux gntalloc: the
+    /// frontend's pool then keeps persistent grants without trying to end them.
+    pub fn set_opaque_grants(&mut self, on: bool) {
+        self.opaque_grants = on;
     }
 }
 

@@ -93,6 +93,9 @@ pub struct RunConfig {
     pub seed: u64,
     /// Close every device at the end and check that all mappings are gone.
     pub close_at_end: bool,
+    /// Guests play a board that cannot see mappings (Linux gntalloc; see
+    /// `Grants::observes_mappings`).
+    pub front_opaque_grants: bool,
 }
 
 impl Default for RunConfig {
@@ -112,6 +115,7 @@ impl Default for RunConfig {
             verify: true,
             seed: 1,
             close_at_end: true,
+            front_opaque_grants: false,
         }
     }
 }
@@ -388,6 +392,7 @@ fn run_guest(
     let fcfg = FrontendConfig { persistent: cfg.front_persistent && cfg.mode != Mode::Map, ..Default::default() };
     let mut wg = Workgen::new(&cfg, g);
     wg.result.domid = dom.id().0;
+    dom.set_opaque_grants(cfg.front_opaque_grants);
     let mut f = match Frontend::attach(&mut dom, &dir, fcfg, 1) {
         Ok(f) => f,
         Err(e) => {
