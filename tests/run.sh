@@ -162,6 +162,13 @@ fuzz_smoke() {
     done
 }
 
+# The ring's memory ordering under the loom model checker (tests/loom.rs): the real ring code
+# over loom atomics (--cfg loom, own target directory), and the planted bugs it must catch.
+loom_models() {
+    RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$root/target/loom" cargo test -p xenblk --test loom -- \
+        --nocapture --test-threads=1
+}
+
 run_step "cargo fmt --all --check" fmt
 run_step "cargo clippy --workspace --all-targets -- -D warnings" clippy_workspace
 while IFS= read -r line; do
@@ -178,6 +185,7 @@ run_step "wrong feature combinations fail with compile_error!" bad_features
 run_step "freestanding no_std link (boards/nostd-check/check.sh)" nostd
 run_step "config explain (every config, both profiles)" config_explain
 run_step "malformed config fails the build with FILE:LINE:COL" config_bad
+run_step "loom: ring memory ordering (tests/loom.rs)" loom_models
 run_step "fuzz smoke: every target for \${FUZZ_SECONDS:-30} s (fuzz/)" fuzz_smoke
 
 echo
