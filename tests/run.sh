@@ -169,6 +169,9 @@ loom_models() {
         --nocapture --test-threads=1
 }
 
+# The bounded soak (tests/soak.rs): 15 guests, a million model-verified requests, release.
+soak() { cargo test --release -p xenblk --test soak -- --nocapture; }
+
 run_step "cargo fmt --all --check" fmt
 run_step "cargo clippy --workspace --all-targets -- -D warnings" clippy_workspace
 while IFS= read -r line; do
@@ -185,6 +188,7 @@ run_step "wrong feature combinations fail with compile_error!" bad_features
 run_step "freestanding no_std link (boards/nostd-check/check.sh)" nostd
 run_step "config explain (every config, both profiles)" config_explain
 run_step "malformed config fails the build with FILE:LINE:COL" config_bad
+run_step "soak: 15 guests, 1,002,000 requests (release, tests/soak.rs)" soak
 run_step "loom: ring memory ordering (tests/loom.rs)" loom_models
 run_step "fuzz smoke: every target for \${FUZZ_SECONDS:-30} s (fuzz/)" fuzz_smoke
 
