@@ -133,34 +133,10 @@ config_bad() {
     fi
 }
 
-# Bounded smoke run of every fuzz target (fuzz/, its own workspace, libFuzzer via cargo-fuzz on
-# stable with RUSTC_BOOTSTRAP=1). Each target starts from its committed seed corpus (copied, so
-# the tree stays clean) and runs FUZZ_SECONDS (default 30); a crash fails the step. Prints the
-# executions and exec/s of each target. Longer runs: see the README, "Fuzzing".
-fuzz_smoke() {
-    if ! cargo fuzz --version >/dev/null 2>&1; then
-        echo "cargo-fuzz is not installed (.ci/run installs it: cargo install cargo-fuzz --locked)" >&2
-        return 1
-    fi
-    local secs=${FUZZ_SECONDS:-30} work="$root/target/tmp/fuzz-smoke" t log runs
-    rm -rf "$work"
-    mkdir -p "$work"
-    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build)
-    for t in $(cd fuzz && cargo fuzz list); do
-        mkdir -p "$work/$t"
-        cp fuzz/corpus/"$t"/* "$work/$t/"
-        log="$work/$t.log"
-        if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "$work/$t" -- \
-            -max_total_time="$secs" -timeout=20 -rss_limit_mb=4096 -artifact_prefix="$work/$t-" \
-            -print_final_stats=1) >"$log" 2>&1; then
-            tail -n 40 "$log" >&2
-            echo "fuzz target $t failed (artifacts in $work)" >&2
-            return 1
-        fi
-        runs=$(grep -oE '^Done [0-9]+ runs in [0-9]+ second' "$log" | tail -n 1)
-        echo "fuzz $t: ${runs:-?} ($(grep -oE 'exec/s: [0-9]+' "$log" | tail -n 1)), corpus $(ls "$work/$t" | wc -l) inputs"
-    done
-}
+# Bounded smoke run of every fuzz target (fuzz/run.sh: its own workspace, libFuzzer via
+# cargo-fuzz on stable with RUSTC_BOOTSTRAP=1), FUZZ_SECONDS (default 30) each from a copy of
+# its committed seeds; a crash fails the step. Longer runs: see the README, "Fuzzing".
+fuzz_smoke() { bash fuzz/run.sh "${FUZZ_SECONDS:-30}"; }
 
 # The ring's memory ordering under the loom model checker (tests/loom.rs): the real ring code
 # over loom atomics (--cfg loom, own target directory), and the planted bugs it must catch.
