@@ -19,7 +19,7 @@ use xenblk::platform::{EventChannels, Grants, Page, Pages, Port, Tx, XenStore};
 use xenblk::proto::blkif::{Abi, Protocol, Segment, decode_response};
 use xenblk::proto::grant::{DomId, GrantRef};
 use xenblk::proto::ring::{FrontRing, HEADER_SIZE, ring_size};
-use xenblk_sim::{Dom, Hypervisor, RamDisk, VbdSpec};
+use xenblk_sim::{Dom, DomainConfig, HvConfig, Hypervisor, RamDisk, VbdSpec};
 
 use crate::Bytes;
 
@@ -41,9 +41,10 @@ struct Rig {
 }
 
 fn setup(flags: u8) -> Option<Rig> {
-    let hv = Hypervisor::new();
+    // A small dom0 (the default is 256 MiB): setting up a hypervisor per input dominates.
+    let hv = Hypervisor::with_config(HvConfig { dom0_pages: 256, dom0_grant_frames: 4, ..HvConfig::default() }).ok()?;
     let mut dom0 = hv.take_dom0()?;
-    let mut guest = hv.create_domain(64);
+    let mut guest = hv.create_domain_with(DomainConfig { pages: 64, grant_frames: 4 }).ok()?;
     let spec = VbdSpec::new(guest.id(), DomId::DOM0, 51712);
     hv.add_vbd(&spec).ok()?;
     let disk = RamDisk::new(256);

@@ -20,16 +20,18 @@ use xenblk::proto::blkif::{Protocol, Response, encode_response};
 use xenblk::proto::grant::{DomId, GrantRef};
 use xenblk::proto::ring::{HEADER_SIZE, ring_size};
 use xenblk_sim::peers::RawBackend;
-use xenblk_sim::{Hypervisor, RamDisk, VbdSpec};
+use xenblk_sim::{DomainConfig, HvConfig, Hypervisor, RamDisk, VbdSpec};
 
 use crate::Bytes;
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
     let mut b = Bytes(data);
-    let hv = Hypervisor::new();
+    // A small dom0 (the default is 256 MiB): setting up a hypervisor per input dominates.
+    let hv = Hypervisor::with_config(HvConfig { dom0_pages: 512, dom0_grant_frames: 4, ..HvConfig::default() })
+        .expect("hypervisor");
     let mut dom0 = hv.take_dom0().expect("dom0");
-    let mut guest = hv.create_domain(256);
+    let mut guest = hv.create_domain_with(DomainConfig { pages: 256, grant_frames: 4 }).expect("guest");
     let spec = VbdSpec::new(guest.id(), DomId::DOM0, 51712);
     hv.add_vbd(&spec).expect("vbd");
     let flags = b.u8();
