@@ -172,6 +172,21 @@ config_bad() {
     fi
 }
 
+# Bounded smoke run of every fuzz target (fuzz/run.sh: its own workspace, libFuzzer via
+# cargo-fuzz on stable with RUSTC_BOOTSTRAP=1), FUZZ_SECONDS (default 30) each from a copy of
+# its committed seeds; a crash fails the step. Longer runs: see the README, "Fuzzing".
+fuzz_smoke() { bash fuzz/run.sh "${FUZZ_SECONDS:-30}"; }
+
+# The ring's memory ordering under the loom model checker (tests/loom.rs): the real ring code
+# over loom atomics (--cfg loom, own target directory), and the planted bugs it must catch.
+loom_models() {
+    RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$root/target/loom" cargo test -p xenblk --test loom -- \
+        --nocapture --test-threads=1
+}
+
+# The bounded soak (tests/soak.rs): 15 guests, a million model-verified requests, release.
+soak() { cargo test --release -p xenblk --test soak -- --nocapture; }
+
 run_step "cargo fmt --all --check" fmt
 run_step "cargo clippy --workspace --all-targets -- -D warnings" clippy_workspace
 while IFS= read -r line; do
@@ -190,6 +205,9 @@ run_step "freestanding no_std link (boards/nostd-check/check.sh)" nostd
 run_step "freestanding Xen PV guest kernel (boards/xen-pv/build.sh)" xen_pv
 run_step "config explain (every config, both profiles)" config_explain
 run_step "malformed config fails the build with FILE:LINE:COL" config_bad
+run_step "soak: 15 guests, 1,002,000 requests (release, tests/soak.rs)" soak
+run_step "loom: ring memory ordering (tests/loom.rs)" loom_models
+run_step "fuzz smoke: every target for \${FUZZ_SECONDS:-30} s (fuzz/)" fuzz_smoke
 
 echo
 echo "total time: $((SECONDS - start_all)) s"

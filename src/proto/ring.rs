@@ -14,12 +14,12 @@
 //! `RING_REQUEST_PROD_OVERFLOW` / `RING_RESPONSE_PROD_OVERFLOW` turn a bogus index into
 //! [`RingError`], and the backend never consumes a request for which no response slot is free.
 
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::Ordering;
 
 use super::blkif::{
     Abi, Rejected, Request, Response, decode_request, decode_response, encode_request, encode_response,
 };
-use super::shmem::SharedMem;
+use super::shmem::{SharedMem, fence};
 
 /// Byte size of a ring page.
 pub const PAGE_SIZE: usize = 4096;
@@ -316,7 +316,7 @@ impl BackRing {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::super::blkif::{ReqKind, RwOp, SegList, Segment};
     use super::*;

@@ -9,24 +9,41 @@
 //! This module holds the only `unsafe` code of the protocol layer. [`SharedMem::new`] is the
 //! single point where a board vouches for a region; every other method is safe and bounds
 //! checked against the region's length.
+//!
+//! With `--cfg loom` (the model checker's build, `tests/loom.rs`), [`SharedMem`] is instead
+//! a region of loom atomics and [`fence`] is loom's, so that the ring code of
+//! [`ring`](super::ring) runs unchanged under the model checker (see the `loom_model`
+//! module at the end of this file).
 
+#[cfg(not(loom))]
 use core::ptr::NonNull;
+#[cfg(not(loom))]
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+
+/// The memory fence the ring uses between index stores and loads (`core`'s, or loom's in a
+/// loom build).
+#[cfg(not(loom))]
+pub use core::sync::atomic::fence;
+#[cfg(loom)]
+pub use loom_model::{SharedMem, fence, planted};
 
 /// A region of memory shared with another domain (a ring, a granted page, a mapped grant).
 ///
 /// Copies of `SharedMem` alias the same memory; that is intended (the peer aliases it too).
 /// Accessors never hand out Rust references to the shared bytes.
+#[cfg(not(loom))]
 #[derive(Clone, Copy, Debug)]
 pub struct SharedMem {
     ptr: NonNull<u8>,
     len: usize,
 }
 
+#[cfg(not(loom))]
 // SAFETY: a SharedMem is a raw view of memory that is already shared with another domain and
 // is only accessed through volatile or atomic operations; moving the view to another thread
 // adds no aliasing that the peer does not already have.
 unsafe impl Send for SharedMem {}
+#[cfg(not(loom))]
 // SAFETY: as above: all accesses are volatile/atomic, never through references.
 unsafe impl Sync for SharedMem {}
 
@@ -34,10 +51,12 @@ unsafe impl Sync for SharedMem {}
 /// indices are masked before use).
 #[track_caller]
 #[cold]
+#[cfg_attr(loom, allow(dead_code))]
 fn out_of_range(off: usize, size: usize, len: usize) -> ! {
     panic!("shared memory access {off}+{size} outside region of {len} bytes")
 }
 
+#[cfg(not(loom))]
 impl SharedMem {
     /// Wraps `len` bytes at `ptr`.
     ///
@@ -290,7 +309,7 @@ impl SharedMem {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -336,5 +355,250 @@ mod tests {
         let m = unsafe { SharedMem::new(backing.as_mut_ptr() as *mut u8, 16) };
         let mut b = [0u8; 4];
         m.read_bytes(14, &mut b);
+    }
+}
+
+/// The loom build of [`SharedMem`]: the region is an array of loom `AtomicU32` words (one per
+/// 4 bytes), so that loom sees every access the ring makes. Slot bytes are Relaxed word
+/// accesses (what volatile copies are on x86: no ordering of their own); ring indices keep the
+/// orderings the ring code asks for. Regions are leaked (a model iteration is short-lived and
+/// small). `new` and `from_static_words` (raw memory) exist so that dependants compile, and
+/// panic if called.
+///
+/// [`planted`] deliberately weakens the orderings, to show that the model checker catches
+/// the bugs they would cause (`tests/loom.rs`).
+#[cfg(loom)]
+mod loom_model {
+    extern crate std;
+    use core::sync::atomic::Ordering;
+    use loom::sync::atomic::AtomicU32;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    /// Deliberately planted weaknesses (process-wide; tests set one, run a model, clear it).
+    pub mod planted {
+        use core::sync::atomic::{AtomicU8, Ordering};
+        static PLANTED: AtomicU8 = AtomicU8::new(0);
+        /// No weakness: the orderings of the ring code.
+        pub const NONE: u8 = 0;
+        /// SeqCst fences are skipped (push-and-check-notify and final checks lose their full
+        /// barrier: the lost wake-up of the store-buffering race).
+        pub const NO_SEQCST_FENCE: u8 = 1;
+        /// Release stores and Acquire loads of indices become Relaxed (entries may be read
+        /// before they were written).
+        pub const RELAXED_INDICES: u8 = 2;
+        /// Plants `bug` (one of the constants).
+        pub fn set(bug: u8) {
+            PLANTED.store(bug, Ordering::SeqCst)
+        }
+        /// The planted bug.
+        pub fn get() -> u8 {
+            PLANTED.load(Ordering::SeqCst)
+        }
+    }
+
+    /// loom's fence, unless [`planted::NO_SEQCST_FENCE`] drops SeqCst fences.
+    pub fn fence(order: Ordering) {
+        if order == Ordering::SeqCst && planted::get() == planted::NO_SEQCST_FENCE {
+            return;
+        }
+        loom::sync::atomic::fence(order)
+    }
+
+    fn weaken(order: Ordering) -> Ordering {
+        if planted::get() == planted::RELAXED_INDICES && matches!(order, Ordering::Release | Ordering::Acquire) {
+            Ordering::Relaxed
+        } else {
+            order
+        }
+    }
+
+    /// A region of loom atomics (see the module documentation).
+    #[derive(Clone, Copy, Debug)]
+    pub struct SharedMem {
+        words: &'static [AtomicU32],
+        off: usize,
+        len: usize,
+    }
+
+    impl SharedMem {
+        /// A zeroed region of `len` bytes (rounded up to whole words), for loom models.
+        pub fn loom_region(len: usize) -> SharedMem {
+            let words: Vec<AtomicU32> = (0..len.div_ceil(4)).map(|_| AtomicU32::new(0)).collect();
+            SharedMem { words: Box::leak(words.into_boxed_slice()), off: 0, len }
+        }
+        /// Raw memory is not available in a loom build.
+        ///
+        /// # Safety
+        ///
+        /// None needed: it always panics.
+        pub unsafe fn new(_ptr: *mut u8, _len: usize) -> Self {
+            panic!("SharedMem::new: raw memory is not available in a loom build")
+        }
+        /// Raw memory is not available in a loom build.
+        pub fn from_static_words(_words: &'static mut [u64]) -> Self {
+            panic!("SharedMem::from_static_words: raw memory is not available in a loom build")
+        }
+        /// Length in bytes.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+        /// Whether empty.
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+        /// No address in a loom build.
+        pub fn as_ptr(&self) -> *mut u8 {
+            core::ptr::null_mut()
+        }
+        #[track_caller]
+        fn check(&self, off: usize, size: usize) {
+            match off.checked_add(size) {
+                Some(end) if end <= self.len => {}
+                _ => super::out_of_range(off, size, self.len),
+            }
+        }
+        /// A sub-region.
+        #[track_caller]
+        pub fn slice(&self, off: usize, len: usize) -> SharedMem {
+            self.check(off, len);
+            SharedMem { words: self.words, off: self.off + off, len }
+        }
+        fn get(&self, off: usize) -> u8 {
+            let a = self.off + off;
+            (self.words[a / 4].load(Ordering::Relaxed) >> (8 * (a % 4))) as u8
+        }
+        fn put(&self, off: usize, v: u8) {
+            let a = self.off + off;
+            let w = &self.words[a / 4];
+            let sh = 8 * (a % 4);
+            let old = w.load(Ordering::Relaxed);
+            w.store((old & !(0xff << sh)) | ((v as u32) << sh), Ordering::Relaxed);
+        }
+        fn word(&self, off: usize) -> &AtomicU32 {
+            let a = self.off + off;
+            assert!(a.is_multiple_of(4), "unaligned atomic u32 at {off}");
+            &self.words[a / 4]
+        }
+        /// Copies bytes out (whole words where aligned).
+        #[track_caller]
+        pub fn read_bytes(&self, off: usize, dst: &mut [u8]) {
+            self.check(off, dst.len());
+            let mut i = 0;
+            while i < dst.len() {
+                if (self.off + off + i).is_multiple_of(4) && i + 4 <= dst.len() {
+                    let w = self.words[(self.off + off + i) / 4].load(Ordering::Relaxed);
+                    dst[i..i + 4].copy_from_slice(&w.to_le_bytes());
+                    i += 4;
+                } else {
+                    dst[i] = self.get(off + i);
+                    i += 1;
+                }
+            }
+        }
+        /// Copies bytes in (whole words where aligned).
+        #[track_caller]
+        pub fn write_bytes(&self, off: usize, src: &[u8]) {
+            self.check(off, src.len());
+            let mut i = 0;
+            while i < src.len() {
+                if (self.off + off + i).is_multiple_of(4) && i + 4 <= src.len() {
+                    let w = u32::from_le_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]);
+                    self.words[(self.off + off + i) / 4].store(w, Ordering::Relaxed);
+                    i += 4;
+                } else {
+                    self.put(off + i, src[i]);
+                    i += 1;
+                }
+            }
+        }
+        /// As `read_bytes`.
+        #[track_caller]
+        pub fn copy_to_private(&self, off: usize, dst: &mut [u8]) {
+            self.read_bytes(off, dst)
+        }
+        /// As `write_bytes`.
+        #[track_caller]
+        pub fn copy_from_private(&self, off: usize, src: &[u8]) {
+            self.write_bytes(off, src)
+        }
+        /// Byte by byte.
+        #[track_caller]
+        pub fn copy_within_shared(src: &SharedMem, src_off: usize, dst: &SharedMem, dst_off: usize, len: usize) {
+            src.check(src_off, len);
+            dst.check(dst_off, len);
+            for i in 0..len {
+                dst.put(dst_off + i, src.get(src_off + i));
+            }
+        }
+        /// Zeroes a range.
+        #[track_caller]
+        pub fn zero(&self, off: usize, len: usize) {
+            self.check(off, len);
+            for i in 0..len {
+                self.put(off + i, 0);
+            }
+        }
+        /// Atomic load of a u32 (ring indices).
+        #[track_caller]
+        pub fn load_u32(&self, off: usize, order: Ordering) -> u32 {
+            self.check(off, 4);
+            self.word(off).load(weaken(order))
+        }
+        /// Atomic store of a u32 (ring indices).
+        #[track_caller]
+        pub fn store_u32(&self, off: usize, v: u32, order: Ordering) {
+            self.check(off, 4);
+            self.word(off).store(v, weaken(order))
+        }
+        fn half(&self, off: usize) -> (&AtomicU32, u32) {
+            self.check(off, 2);
+            let a = self.off + off;
+            assert!(a.is_multiple_of(2), "unaligned atomic u16 at {off}");
+            (&self.words[a / 4], 8 * (a as u32 % 4))
+        }
+        /// Atomic load of a u16.
+        pub fn load_u16(&self, off: usize, order: Ordering) -> u16 {
+            let (w, sh) = self.half(off);
+            (w.load(order) >> sh) as u16
+        }
+        /// Atomic store of a u16 (a compare-exchange loop on the containing word).
+        pub fn store_u16(&self, off: usize, v: u16, _order: Ordering) {
+            let (w, sh) = self.half(off);
+            let mut cur = w.load(Ordering::SeqCst);
+            loop {
+                let new = (cur & !(0xffff << sh)) | ((v as u32) << sh);
+                match w.compare_exchange(cur, new, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => return,
+                    Err(x) => cur = x,
+                }
+            }
+        }
+        /// Compare-exchange on a u16.
+        pub fn cmpxchg_u16(&self, off: usize, current: u16, new: u16) -> Result<u16, u16> {
+            let (w, sh) = self.half(off);
+            let mut cur = w.load(Ordering::SeqCst);
+            loop {
+                let seen = (cur >> sh) as u16;
+                if seen != current {
+                    return Err(seen);
+                }
+                let nw = (cur & !(0xffff << sh)) | ((new as u32) << sh);
+                match w.compare_exchange(cur, nw, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => return Ok(seen),
+                    Err(x) => cur = x,
+                }
+            }
+        }
+        /// Fetch-or on a u16.
+        pub fn fetch_or_u16(&self, off: usize, bits: u16) -> u16 {
+            let (w, sh) = self.half(off);
+            (w.fetch_or((bits as u32) << sh, Ordering::SeqCst) >> sh) as u16
+        }
+        /// Fetch-and on a u16.
+        pub fn fetch_and_u16(&self, off: usize, bits: u16) -> u16 {
+            let (w, sh) = self.half(off);
+            (w.fetch_and(!(0xffff << sh) | ((bits as u32) << sh), Ordering::SeqCst) >> sh) as u16
+        }
     }
 }

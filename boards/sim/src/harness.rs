@@ -133,6 +133,8 @@ pub struct GuestResult {
     pub errors: u64,
     /// Reads whose data differed from the model.
     pub mismatches: u64,
+    /// Completions for a tag not in flight (a duplicate, or never submitted).
+    pub unexpected: u64,
     /// Whether persistence was negotiated.
     pub persistent: bool,
     /// Grant-table grants made by the guest.
@@ -480,7 +482,10 @@ fn run_guest(
         let verify = cfg.verify;
         let n = f.poll(&mut dom, |c| {
             let ok = c.status == Status::Ok;
-            let Some(op) = ops.remove(&c.tag) else { return };
+            let Some(op) = ops.remove(&c.tag) else {
+                wg.result.unexpected += 1;
+                return;
+            };
             match c.take_buffer() {
                 // Zero-copy: the data is in the lent pages; look at it after the poll.
                 Some(b) => done.push((op, ok, b)),
@@ -581,7 +586,10 @@ fn run_guest(
         let done = f.poll(&mut dom);
         let n = done.len();
         for c in done {
-            let Some(op) = ops.remove(&c.id) else { continue };
+            let Some(op) = ops.remove(&c.id) else {
+                wg.result.unexpected += 1;
+                continue;
+            };
             let ok = c.status == 0;
             wg.complete(&op, ok, if op.write { None } else { Some(&c.data) });
         }

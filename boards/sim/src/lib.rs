@@ -15,7 +15,8 @@
 //!   wake-up only if the peer is blocked in [`Dom::wait`].
 //! * **Xenstore** ([`xenstore`]): tree, permissions, transactions, coalesced watches,
 //!   quotas. **Toolstack** helpers: [`Hypervisor::add_vbd`], [`Hypervisor::remove_vbd`].
-//! * **Storage** for backends: [`RamDisk`], [`FileDisk`] (their `Storage` impls need the
+//! * **Storage** for backends: [`RamDisk`], [`FileDisk`], [`CachedDisk`] (a volatile write
+//!   cache lost on a power cut unless flushed) (their `Storage` impls need the
 //!   `backend` feature, on by default).
 //! * **Fault injection** ([`FaultPlan`]) and raw access ([`Dom::raw_page`],
 //!   [`Dom::grant_table`]) for hostile-peer tests.
@@ -54,7 +55,7 @@ pub use fault::{FaultPlan, Trigger};
 pub use group::WaitGroup;
 pub use hv::{DOMID_FIRST_RESERVED, DomainConfig, HvConfig, Hypervisor};
 pub use stats::DomStats;
-pub use storage::{DiskError, DiskStats, FileDisk, RamDisk};
+pub use storage::{CachedDisk, DiskError, DiskStats, FileDisk, RamDisk};
 pub use toolstack::{VbdSpec, backend_path, frontend_path};
 pub use xenstore::{Perm, Perms, XsLimits};
 
@@ -70,4 +71,5 @@ const _: () = {
     send_sync::<Kicker>();
     send_sync::<RamDisk>();
     send_sync::<FileDisk>();
+    send_sync::<CachedDisk>();
 };

@@ -547,3 +547,213 @@ impl Storage for FileDisk {
         Ok(FileDisk::discard(self, sector, nr_sectors, secure)?)
     }
 }
+
+// ------------------------------------------------------------------ volatile write cache
+
+#[derive(Debug)]
+struct CachedInner {
+    /// What survives a power cut.
+    media: Mutex<Vec<u8>>,
+    /// Writes not yet on the media, in arrival order: (byte offset, data).
+    cache: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Flush does nothing (a disk that lies about its cache; for tests of the checkers).
+    lying_flush: AtomicBool,
+    common: Common,
+}
+
+/// A disk with a volatile write cache, like a real drive with its cache enabled: writes land
+/// in the cache (and are readable from there at once); [`flush`](CachedDisk::flush) writes
+/// the cache to the media; a [`power_cut`](CachedDisk::power_cut) loses whatever the drive
+/// had not written back. Before a cut the drive may already have written back any subset of
+/// its cache, in any order: the cut takes a seed that picks that subset. Discard is a cached
+/// write of zeros. Clones share the disk.
+#[derive(Clone, Debug)]
+pub struct CachedDisk {
+    inner: Arc<CachedInner>,
+}
+
+impl CachedDisk {
+    /// A writable disk of `sectors` sectors (at most 1 GiB), empty cache.
+    pub fn new(sectors: u64) -> CachedDisk {
+        let bytes = RamDisk::bytes(sectors).expect("CachedDisk larger than 1 GiB");
+        CachedDisk {
+            inner: Arc::new(CachedInner {
+                media: Mutex::new(vec![0u8; bytes]),
+                cache: Mutex::new(Vec::new()),
+                lying_flush: AtomicBool::new(false),
+                common: Common::new(sectors, false, true),
+            }),
+        }
+    }
+
+    common_methods!();
+
+    /// Makes flush a no-op that still reports success (a lying drive), or honest again.
+    pub fn set_lying_flush(&self, lie: bool) {
+        self.inner.lying_flush.store(lie, Ordering::Relaxed);
+    }
+
+    /// Writes not yet on the media.
+    pub fn cached_writes(&self) -> usize {
+        self.inner.cache.lock().unwrap().len()
+    }
+
+    /// Power cut: every cached write is written back or lost, each with probability 1/2
+    /// (xorshift seeded by `seed`; 0 loses them all); the cache is empty afterwards.
+    /// Returns (written back, lost).
+    pub fn power_cut(&self, seed: u64) -> (usize, usize) {
+        let mut cache = self.inner.cache.lock().unwrap();
+        let mut media = self.inner.media.lock().unwrap();
+        let mut x = seed;
+        let (mut kept, mut lost) = (0, 0);
+        for (off, data) in cache.drain(..) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if seed != 0 && x & 1 == 1 {
+                media[off as usize..off as usize + data.len()].copy_from_slice(&data);
+                kept += 1;
+            } else {
+                lost += 1;
+            }
+        }
+        (kept, lost)
+    }
+
+    /// Test access: reads what is on the media (what a power cut now would leave).
+    pub fn durable_read_at(&self, off: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let m = self.inner.media.lock().unwrap();
+        let src =
+            usize::try_from(off).ok().and_then(|o| m.get(o..o.checked_add(buf.len())?)).ok_or(DiskError::OutOfRange)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Test access: reads through the cache (what the drive returns to a read).
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.durable_read_at(off, buf)?;
+        let cache = self.inner.cache.lock().unwrap();
+        overlay(&cache, off, buf);
+        Ok(())
+    }
+
+    /// Reads `dst.len()` bytes at `sector` (media overlaid with the cache).
+    pub fn read_sectors(&self, sector: u64, dst: SharedMem) -> Result<(), DiskError> {
+        let c = &self.inner.common;
+        let (o, e) = c.check(sector, dst.len() as u64, false)?;
+        let mut buf = vec![0u8; (e - o) as usize];
+        self.read_at(o, &mut buf)?;
+        dst.copy_from_private(0, &buf);
+        bump(&c.c.reads);
+        bump_n(&c.c.bytes_read, e - o);
+        Ok(())
+    }
+
+    /// Writes `src` at `sector` into the cache.
+    pub fn write_sectors(&self, sector: u64, src: SharedMem) -> Result<(), DiskError> {
+        let c = &self.inner.common;
+        let (o, e) = c.check(sector, src.len() as u64, true)?;
+        let mut buf = vec![0u8; (e - o) as usize];
+        src.copy_to_private(0, &mut buf);
+        self.inner.cache.lock().unwrap().push((o, buf));
+        bump(&c.c.writes);
+        bump_n(&c.c.bytes_written, e - o);
+        Ok(())
+    }
+
+    /// Writes the cache to the media, in order (unless the flush lies).
+    pub fn flush(&self) -> Result<(), DiskError> {
+        let c = &self.inner.common;
+        if c.fault.hit() {
+            return Err(c.err(DiskError::Io));
+        }
+        bump(&c.c.flushes);
+        if self.inner.lying_flush.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut cache = self.inner.cache.lock().unwrap();
+        let mut media = self.inner.media.lock().unwrap();
+        for (off, data) in cache.drain(..) {
+            media[off as usize..off as usize + data.len()].copy_from_slice(&data);
+        }
+        Ok(())
+    }
+
+    /// Discards (a cached write of zeros).
+    pub fn discard(&self, sector: u64, nr_sectors: u64, _secure: bool) -> Result<(), DiskError> {
+        let c = &self.inner.common;
+        if !c.discard.load(Ordering::Relaxed) {
+            return Err(c.err(DiskError::Unsupported));
+        }
+        let len = nr_sectors.checked_mul(SECTOR).ok_or_else(|| c.err(DiskError::OutOfRange))?;
+        let (o, e) = c.check(sector, len, true)?;
+        self.inner.cache.lock().unwrap().push((o, vec![0u8; (e - o) as usize]));
+        bump(&c.c.discards);
+        Ok(())
+    }
+}
+
+fn overlay(cache: &[(u64, Vec<u8>)], off: u64, buf: &mut [u8]) {
+    let end = off + buf.len() as u64;
+    for (o, data) in cache {
+        let (lo, hi) = ((*o).max(off), (*o + data.len() as u64).min(end));
+        if lo < hi {
+            buf[(lo - off) as usize..(hi - off) as usize].copy_from_slice(&data[(lo - o) as usize..(hi - o) as usize]);
+        }
+    }
+}
+
+#[cfg(feature = "backend")]
+impl Storage for CachedDisk {
+    fn info(&self) -> StorageInfo {
+        self.inner.common.info()
+    }
+
+    fn read(&mut self, sector: u64, dst: SharedMem) -> Result<(), StorageError> {
+        Ok(self.read_sectors(sector, dst)?)
+    }
+
+    fn write(&mut self, sector: u64, src: SharedMem) -> Result<(), StorageError> {
+        Ok(self.write_sectors(sector, src)?)
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        Ok(CachedDisk::flush(self)?)
+    }
+
+    fn discard(&mut self, sector: u64, nr_sectors: u64, secure: bool) -> Result<(), StorageError> {
+        Ok(CachedDisk::discard(self, sector, nr_sectors, secure)?)
+    }
+}
+
+#[cfg(test)]
+mod cached_tests {
+    use super::*;
+
+    #[test]
+    fn cache_is_lost_on_power_cut_unless_flushed() {
+        let d = CachedDisk::new(16);
+        let mut page = vec![0u64; 64];
+        // SAFETY: `page` outlives `m` and is only accessed through it.
+        let m = unsafe { SharedMem::new(page.as_mut_ptr() as *mut u8, 512) };
+        m.copy_from_private(0, &[7u8; 512]);
+        d.write_sectors(1, m).unwrap();
+        let mut b = [0u8; 512];
+        d.read_at(512, &mut b).unwrap();
+        assert_eq!(b, [7u8; 512], "a cached write reads back at once");
+        d.durable_read_at(512, &mut b).unwrap();
+        assert_eq!(b, [0u8; 512], "not on the media before a flush");
+        assert_eq!(d.power_cut(0), (0, 1));
+        d.read_at(512, &mut b).unwrap();
+        assert_eq!(b, [0u8; 512], "lost in the power cut");
+        d.write_sectors(2, m).unwrap();
+        d.flush().unwrap();
+        d.power_cut(0);
+        d.read_at(1024, &mut b).unwrap();
+        assert_eq!(b, [7u8; 512], "flushed writes survive");
+        d.set_lying_flush(true);
+        d.write_sectors(3, m).unwrap();
+        d.flush().unwrap();
+        assert_eq!(d.cached_writes(), 1, "a lying flush leaves the cache alone");
+    }
+}
