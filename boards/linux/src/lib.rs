@@ -5,13 +5,16 @@
 //! - [`evtchn`], [`gntdev`], [`gntalloc`]: the `/dev/xen` devices (ioctls in [`sys`],
 //!   checked against the kernel's UAPI headers by the tests);
 //! - [`platform`]: the driver's platform traits on top of them;
-//! - `storage` (with `backend`): a disk image file as the backend's storage.
+//! - `storage` (with `backend`): a disk image file as the backend's storage;
+//! - `nbd` (with `backend`): an NBD export (TCP or Unix socket) as the backend's storage.
 //!
 //! Status and the rig that exercises this in Xen-in-QEMU: `boards/linux/NOTES.md`.
 
 pub mod evtchn;
 pub mod gntalloc;
 pub mod gntdev;
+#[cfg(feature = "backend")]
+pub mod nbd;
 pub mod platform;
 #[cfg(feature = "backend")]
 pub mod storage;
