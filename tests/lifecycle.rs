@@ -149,6 +149,31 @@ fn toolstack_detach_closes_and_removes() {
     );
 }
 
+/// A guest destroyed without closing (xl destroy, crash): the toolstack removes both
+/// directories. The backend must let go of the ring and every mapping (else the domain stays a
+/// zombie and a userspace daemon keeps the disk open), and report Removed.
+#[test]
+fn guest_destroyed_without_close_releases_everything() {
+    let mut p = Pair::new(FrontendConfig::default(), BackendConfig::default());
+    p.front.submit(&mut p.guest, Io::Write { sector: 0, data: &pattern(3, 8192) }, 1).unwrap();
+    p.pump();
+    assert_eq!(p.back.as_ref().unwrap().phase(), BackPhase::Connected);
+    assert!(p.dom0.live_mappings() > 0);
+    p.hv.destroy_vbd(p.guest.id(), DomId::DOM0, 51712).unwrap();
+    // Only the backend runs now: the frontend's domain is gone.
+    for _ in 0..3 {
+        p.dom0.poll_pending();
+        p.dom0.take_watch_events();
+        let b = p.back.as_mut().unwrap();
+        b.on_xenstore(&mut p.dom0);
+        b.process(&mut p.dom0);
+    }
+    assert_eq!(p.back.as_ref().unwrap().phase(), BackPhase::Removed);
+    assert_eq!(p.dom0.live_mappings(), 0, "grants of a destroyed guest still mapped");
+    // The removed backend directory was not recreated by a state write.
+    assert!(p.hv.xs_read(&format!("{}/state", p.spec.backend_path())).is_err(), "backend dir recreated");
+}
+
 fn submit_five(p: &mut Pair) {
     for t in 0..5u8 {
         p.front.submit(&mut p.guest, Io::Write { sector: t as u64 * 16, data: &pattern(t, 4096) }, t as u64).unwrap();

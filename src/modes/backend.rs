@@ -457,6 +457,23 @@ impl<S: Storage> Backend<S> {
                 self.reprobe(plat)
             }
             (BackPhase::Closed, XenbusState::Unknown) => self.closed(plat),
+            (BackPhase::Connected | BackPhase::Halted(_), XenbusState::Unknown) => {
+                // The frontend's directory is gone without a close: the guest was destroyed
+                // (or crashed). Let go of the ring and every mapping now, or the dead domain
+                // stays a zombie and the disk stays open. The state is written only while
+                // our own directory still exists (never recreate a removed one).
+                self.disconnect(plat);
+                if matches!(xs::read_u64(plat, Tx::NONE, &self.dir, keys::ONLINE), Read::Ok(_)) {
+                    let _ = xs::write_state(plat, &self.dir, XenbusState::Closed);
+                }
+                self.closed(plat);
+            }
+            (BackPhase::InitWait, XenbusState::Unknown)
+                if !matches!(xs::read_u64(plat, Tx::NONE, &self.dir, keys::ONLINE), Read::Ok(_)) =>
+            {
+                // Both directories gone before the frontend ever connected.
+                self.phase = BackPhase::Removed;
+            }
             _ => {}
         }
     }

@@ -7,7 +7,8 @@
 //! - [`platform`]: the driver's platform traits on top of them ([`platform::LinuxBackend`],
 //!   [`platform::LinuxFrontend`]);
 //! - [`md5`]: a streaming MD5 so that `xenblk-front` can print what dom0's `md5sum` checks;
-//! - `storage` (with `backend`): a disk image file as the backend's storage.
+//! - `storage` (with `backend`): a disk image file as the backend's storage;
+//! - `nbd` (with `backend`): an NBD export (TCP or Unix socket) as the backend's storage.
 //!
 //! Status and the rig that exercises this in Xen-in-QEMU: `boards/linux/NOTES.md`.
 
@@ -15,6 +16,8 @@ pub mod evtchn;
 pub mod gntalloc;
 pub mod gntdev;
 pub mod md5;
+#[cfg(feature = "backend")]
+pub mod nbd;
 pub mod platform;
 #[cfg(feature = "backend")]
 pub mod storage;
