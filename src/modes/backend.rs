@@ -439,14 +439,6 @@ impl<S: Storage> Backend<S> {
                     self.closed(plat);
                 }
             }
-            (BackPhase::Connected | BackPhase::Halted(_), XenbusState::Unknown) => {
-                // The frontend's `state` is gone or garbage (its domain died, or the toolstack
-                // removed the device): let go of everything it granted, as Linux blkback
-                // unregisters the device; otherwise a dead guest's pages stay mapped forever.
-                self.disconnect(plat);
-                let _ = xs::write_state(plat, &self.dir, XenbusState::Closed);
-                self.closed(plat);
-            }
             (BackPhase::Connected | BackPhase::Halted(_), XenbusState::Initialising | XenbusState::InitWait) => {
                 // The frontend restarted without closing: start over.
                 self.disconnect(plat);
@@ -458,8 +450,8 @@ impl<S: Storage> Backend<S> {
             }
             (BackPhase::Closed, XenbusState::Unknown) => self.closed(plat),
             (BackPhase::Connected | BackPhase::Halted(_), XenbusState::Unknown) => {
-                // The frontend's directory is gone without a close: the guest was destroyed
-                // (or crashed). Let go of the ring and every mapping now, or the dead domain
+                // The frontend's `state` is gone (the guest was destroyed or crashed) or
+                // garbage, without a close. Let go of the ring and every mapping now, or the dead domain
                 // stays a zombie and the disk stays open. The state is written only while
                 // our own directory still exists (never recreate a removed one).
                 self.disconnect(plat);
