@@ -239,7 +239,7 @@ pub fn reference_markdown() -> String {
          --features frontend,backend,pool-static,ring-netbsd\n\
          ```\n\n",
     );
-    o.push_str("Shipped configs: `configs/default.cfg` (one guest, one-page ring, a pool for a full ring; commented as a tutorial), `configs/guests-15.cfg` (15 guests, 352 grants per ring), `configs/netbsd.cfg` (valid under profile `netbsd`), `configs/embedded-small.cfg` (the smallest footprint that still works).\n\n");
+    o.push_str("Shipped configs: `configs/default.cfg` (one guest, one-page ring, a pool for a full ring; commented as a tutorial), `configs/guests-15.cfg` (15 guests, 352 grants per ring), `configs/netbsd.cfg` (valid under profile `netbsd`), `configs/embedded-small.cfg` (the smallest footprint that still works), `configs/protocol.cfg` (profile `linux` only: 16-page rings, 4 queues, 520-segment requests), `configs/netbsd-indirect.cfg` (profile `netbsd`: 17-segment requests through one indirect page).\n\n");
     let _ = writeln!(o, "### The language\n");
     let bools: Vec<String> = keys::BOOL_WORDS.chunks(2).map(|p| format!("`{}`/`{}`", p[0].0, p[1].0)).collect();
     let suffixes: Vec<String> = keys::SUFFIXES.iter().map(|(s, m)| format!("`{s}` (×{m})")).collect();
