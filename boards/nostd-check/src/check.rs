@@ -187,23 +187,28 @@ fn frontend(code: i32) -> Result<(), i32> {
 
     let mut stub = Stub::new(STORE);
 
-    // The persistent-grant pool: grant, use, return (revoked), then a page the backend
-    // keeps mapped goes back to the head of the list, still granted.
+    // The persistent-grant pool: grant, use, return with persistence (the grant stays and the
+    // page is reused first), return without persistence (revoked), then a page the backend
+    // maps is returned with persistence and released at disconnect once it lets go.
     let mut pool = FrontPool::new(4, DomId(0));
     let a = pool.get(&mut stub, false).map_err(|_| code)?;
     ensure(stub.grants_in_use() == 1 && stub.pages_in_use() == 1, code + 1)?;
     pool.page(a).write_bytes(0, b"payload");
+    let gref = pool.gref(a);
     pool.put(&mut stub, a, true).map_err(|_| code + 2)?;
-    ensure(stub.grants_in_use() == 0, code + 2)?;
+    ensure(stub.grants_in_use() == 1, code + 2)?;
     let b = pool.get(&mut stub, false).map_err(|_| code + 3)?;
-    let gref = pool.gref(b);
+    ensure(b == a && pool.gref(b) == gref, code + 3)?;
+    pool.put(&mut stub, b, false).map_err(|_| code + 4)?;
+    ensure(stub.grants_in_use() == 0, code + 4)?;
+    let c = pool.get(&mut stub, false).map_err(|_| code + 5)?;
+    let gref = pool.gref(c);
     // Pretend the backend maps it: Xen would set GTF_reading.
     stub_table_flags(&stub, gref.0, GTF_READING, true);
-    pool.put(&mut stub, b, true).map_err(|_| code + 4)?;
-    ensure(stub.grants_in_use() == 1, code + 4)?;
-    let c = pool.get(&mut stub, false).map_err(|_| code + 5)?;
-    ensure(c == b && pool.gref(c) == gref, code + 5)?;
+    pool.put(&mut stub, c, true).map_err(|_| code + 5)?;
+    ensure(stub.grants_in_use() == 1, code + 5)?;
     stub_table_flags(&stub, gref.0, GTF_READING, false);
+    ensure(pool.get(&mut stub, false) == Ok(c), code + 6)?;
     pool.put(&mut stub, c, true).map_err(|_| code + 6)?;
     pool.release_all(&mut stub);
     pool.free_pages(&mut stub);

@@ -19,6 +19,8 @@ mod check;
 mod stub;
 
 #[cfg(xenblk_freestanding)]
+mod memfns;
+#[cfg(xenblk_freestanding)]
 mod rt;
 
 #[cfg(not(xenblk_freestanding))]

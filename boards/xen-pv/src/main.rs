@@ -20,6 +20,9 @@ mod rings;
 #[cfg(xenblk_xen_pv)]
 mod hyp;
 #[cfg(xenblk_xen_pv)]
+#[path = "../../nostd-check/src/memfns.rs"]
+mod memfns;
+#[cfg(xenblk_xen_pv)]
 mod pv;
 #[cfg(xenblk_xen_pv)]
 mod rt;
@@ -30,7 +33,7 @@ pub use pv::kmain;
 #[cfg(not(xenblk_xen_pv))]
 fn main() {
     // Keep the portable modules linked into the host build (they are tested by `cargo test`).
-    let mut b = [0u8; 10];
+    let mut b = [0u8; 20];
     let _ = rings::fmt_u32(xenblk::config::FRONTEND_POOL_GRANTS as u32, &mut b);
     let _ = pattern::Pattern::new(1);
     println!("xenblk-xen-pv: the guest kernel is built by boards/xen-pv/build.sh");

@@ -401,13 +401,13 @@ impl XenStore for Pv {
     }
 
     fn watch(&mut self, path: &str, token: u32) -> Result<()> {
-        let mut b = [0u8; 10];
+        let mut b = [0u8; 20];
         let t = fmt_u32(token, &mut b);
         self.xs.request(ty::WATCH, 0, &[path.as_bytes(), b"\0", t, b"\0"]).map(|_| ())
     }
 
     fn unwatch(&mut self, path: &str, token: u32) -> Result<()> {
-        let mut b = [0u8; 10];
+        let mut b = [0u8; 20];
         let t = fmt_u32(token, &mut b);
         self.xs.request(ty::UNWATCH, 0, &[path.as_bytes(), b"\0", t, b"\0"]).map(|_| ())
     }

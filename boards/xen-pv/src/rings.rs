@@ -330,19 +330,9 @@ impl<B: Bell> XsClient<B> {
     }
 }
 
-/// Formats `v` in decimal into `buf`, returning the digits.
-pub fn fmt_u32(v: u32, buf: &mut [u8; 10]) -> &[u8] {
-    let mut i = buf.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &buf[i..]
+/// Formats `v` in decimal into `buf`, returning the digits (the driver's formatter).
+pub fn fmt_u32(v: u32, buf: &mut [u8; 20]) -> &[u8] {
+    xenblk::proto::xenbus::fmt_u64(v as u64, buf)
 }
 
 /// Parses a decimal u32 (no sign, no spaces; a trailing NUL is allowed).
@@ -482,7 +472,7 @@ mod tests {
         let mut c = XsClient::new(mem, LoopBell(store.clone()));
         let value = vec![b'x'; 300];
         for i in 0..100u32 {
-            let mut b = [0u8; 10];
+            let mut b = [0u8; 20];
             let mut path = b"/k/".to_vec();
             path.extend_from_slice(fmt_u32(i, &mut b));
             path.push(0);
@@ -543,7 +533,7 @@ mod tests {
 
     #[test]
     fn decimal_helpers() {
-        let mut b = [0u8; 10];
+        let mut b = [0u8; 20];
         assert_eq!(fmt_u32(0, &mut b), b"0");
         assert_eq!(fmt_u32(4294967295, &mut b), b"4294967295");
         assert_eq!(parse_u32(b"51712\0"), Some(51712));
