@@ -216,47 +216,54 @@ impl GrantMapper for LinuxBackend {
     }
 }
 
-impl EventChannels for LinuxBackend {
-    fn alloc_unbound(&mut self, remote: DomId) -> Result<Port> {
-        self.ev.bind_unbound(remote)
-    }
-    fn bind_interdomain(&mut self, remote: DomId, remote_port: Port) -> Result<Port> {
-        self.ev.bind_interdomain(remote, remote_port)
-    }
-    fn notify(&mut self, port: Port) -> Result<()> {
-        self.ev.notify(port)
-    }
-    fn unbind(&mut self, port: Port) {
-        let _ = self.ev.unbind(port);
-    }
+/// Event channels and xenstore are the same for both roles: `ev` and `xs` fields.
+macro_rules! evtchn_and_xenstore {
+    ($t:ty) => {
+        impl EventChannels for $t {
+            fn alloc_unbound(&mut self, remote: DomId) -> Result<Port> {
+                self.ev.bind_unbound(remote)
+            }
+            fn bind_interdomain(&mut self, remote: DomId, remote_port: Port) -> Result<Port> {
+                self.ev.bind_interdomain(remote, remote_port)
+            }
+            fn notify(&mut self, port: Port) -> Result<()> {
+                self.ev.notify(port)
+            }
+            fn unbind(&mut self, port: Port) {
+                let _ = self.ev.unbind(port);
+            }
+        }
+
+        impl XenStore for $t {
+            fn read(&mut self, tx: Tx, path: &str, buf: &mut [u8]) -> Result<usize> {
+                self.xs.read(tx, path, buf)
+            }
+            fn write(&mut self, tx: Tx, path: &str, value: &[u8]) -> Result<()> {
+                self.xs.write(tx, path, value)
+            }
+            fn remove(&mut self, tx: Tx, path: &str) -> Result<()> {
+                self.xs.remove(tx, path)
+            }
+            fn transaction_start(&mut self) -> Result<Tx> {
+                self.xs.transaction_start()
+            }
+            fn transaction_end(&mut self, tx: Tx, commit: bool) -> Result<()> {
+                self.xs.transaction_end(tx, commit)
+            }
+            fn watch(&mut self, path: &str, token: u32) -> Result<()> {
+                self.xs.watch(path, token)
+            }
+            fn unwatch(&mut self, path: &str, token: u32) -> Result<()> {
+                self.xs.unwatch(path, token)
+            }
+            fn own_domid(&mut self) -> DomId {
+                self.xs.own_domid()
+            }
+        }
+    };
 }
 
-impl XenStore for LinuxBackend {
-    fn read(&mut self, tx: Tx, path: &str, buf: &mut [u8]) -> Result<usize> {
-        self.xs.read(tx, path, buf)
-    }
-    fn write(&mut self, tx: Tx, path: &str, value: &[u8]) -> Result<()> {
-        self.xs.write(tx, path, value)
-    }
-    fn remove(&mut self, tx: Tx, path: &str) -> Result<()> {
-        self.xs.remove(tx, path)
-    }
-    fn transaction_start(&mut self) -> Result<Tx> {
-        self.xs.transaction_start()
-    }
-    fn transaction_end(&mut self, tx: Tx, commit: bool) -> Result<()> {
-        self.xs.transaction_end(tx, commit)
-    }
-    fn watch(&mut self, path: &str, token: u32) -> Result<()> {
-        self.xs.watch(path, token)
-    }
-    fn unwatch(&mut self, path: &str, token: u32) -> Result<()> {
-        self.xs.unwatch(path, token)
-    }
-    fn own_domid(&mut self) -> DomId {
-        self.xs.own_domid()
-    }
-}
+evtchn_and_xenstore!(LinuxBackend);
 
 /// Something that can put a granted page at a fixed address and take it away again: gntalloc
 /// in a domain, a fake in the host tests.
@@ -564,47 +571,7 @@ impl Grants for LinuxFrontend {
     }
 }
 
-impl EventChannels for LinuxFrontend {
-    fn alloc_unbound(&mut self, remote: DomId) -> Result<Port> {
-        self.ev.bind_unbound(remote)
-    }
-    fn bind_interdomain(&mut self, remote: DomId, remote_port: Port) -> Result<Port> {
-        self.ev.bind_interdomain(remote, remote_port)
-    }
-    fn notify(&mut self, port: Port) -> Result<()> {
-        self.ev.notify(port)
-    }
-    fn unbind(&mut self, port: Port) {
-        let _ = self.ev.unbind(port);
-    }
-}
-
-impl XenStore for LinuxFrontend {
-    fn read(&mut self, tx: Tx, path: &str, buf: &mut [u8]) -> Result<usize> {
-        self.xs.read(tx, path, buf)
-    }
-    fn write(&mut self, tx: Tx, path: &str, value: &[u8]) -> Result<()> {
-        self.xs.write(tx, path, value)
-    }
-    fn remove(&mut self, tx: Tx, path: &str) -> Result<()> {
-        self.xs.remove(tx, path)
-    }
-    fn transaction_start(&mut self) -> Result<Tx> {
-        self.xs.transaction_start()
-    }
-    fn transaction_end(&mut self, tx: Tx, commit: bool) -> Result<()> {
-        self.xs.transaction_end(tx, commit)
-    }
-    fn watch(&mut self, path: &str, token: u32) -> Result<()> {
-        self.xs.watch(path, token)
-    }
-    fn unwatch(&mut self, path: &str, token: u32) -> Result<()> {
-        self.xs.unwatch(path, token)
-    }
-    fn own_domid(&mut self) -> DomId {
-        self.xs.own_domid()
-    }
-}
+evtchn_and_xenstore!(LinuxFrontend);
 
 impl Wait for LinuxFrontend {
     fn wait(&mut self, timeout_ms: Option<u64>) -> Wake {
