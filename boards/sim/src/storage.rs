@@ -333,28 +333,36 @@ impl RamDisk {
     }
 }
 
-#[cfg(feature = "backend")]
-impl Storage for RamDisk {
-    fn info(&self) -> StorageInfo {
-        self.inner.common.info()
-    }
+/// The driver's `Storage` trait for a sim disk: every sim disk has the same inherent
+/// `info`/`read_sectors`/`write_sectors`/`flush`/`discard` and `DiskError` converts.
+macro_rules! sim_storage {
+    ($t:ident) => {
+        #[cfg(feature = "backend")]
+        impl Storage for $t {
+            fn info(&self) -> StorageInfo {
+                self.inner.common.info()
+            }
 
-    fn read(&mut self, sector: u64, dst: SharedMem) -> Result<(), StorageError> {
-        Ok(self.read_sectors(sector, dst)?)
-    }
+            fn read(&mut self, sector: u64, dst: SharedMem) -> Result<(), StorageError> {
+                Ok(self.read_sectors(sector, dst)?)
+            }
 
-    fn write(&mut self, sector: u64, src: SharedMem) -> Result<(), StorageError> {
-        Ok(self.write_sectors(sector, src)?)
-    }
+            fn write(&mut self, sector: u64, src: SharedMem) -> Result<(), StorageError> {
+                Ok(self.write_sectors(sector, src)?)
+            }
 
-    fn flush(&mut self) -> Result<(), StorageError> {
-        Ok(RamDisk::flush(self)?)
-    }
+            fn flush(&mut self) -> Result<(), StorageError> {
+                Ok($t::flush(self)?)
+            }
 
-    fn discard(&mut self, sector: u64, nr_sectors: u64, secure: bool) -> Result<(), StorageError> {
-        Ok(RamDisk::discard(self, sector, nr_sectors, secure)?)
-    }
+            fn discard(&mut self, sector: u64, nr_sectors: u64, secure: bool) -> Result<(), StorageError> {
+                Ok($t::discard(self, sector, nr_sectors, secure)?)
+            }
+        }
+    };
 }
+
+sim_storage!(RamDisk);
 
 #[derive(Debug)]
 struct FileInner {
@@ -525,28 +533,7 @@ impl FileDisk {
     }
 }
 
-#[cfg(feature = "backend")]
-impl Storage for FileDisk {
-    fn info(&self) -> StorageInfo {
-        self.inner.common.info()
-    }
-
-    fn read(&mut self, sector: u64, dst: SharedMem) -> Result<(), StorageError> {
-        Ok(self.read_sectors(sector, dst)?)
-    }
-
-    fn write(&mut self, sector: u64, src: SharedMem) -> Result<(), StorageError> {
-        Ok(self.write_sectors(sector, src)?)
-    }
-
-    fn flush(&mut self) -> Result<(), StorageError> {
-        Ok(FileDisk::flush(self)?)
-    }
-
-    fn discard(&mut self, sector: u64, nr_sectors: u64, secure: bool) -> Result<(), StorageError> {
-        Ok(FileDisk::discard(self, sector, nr_sectors, secure)?)
-    }
-}
+sim_storage!(FileDisk);
 
 // ------------------------------------------------------------------ volatile write cache
 
@@ -703,28 +690,7 @@ fn overlay(cache: &[(u64, Vec<u8>)], off: u64, buf: &mut [u8]) {
     }
 }
 
-#[cfg(feature = "backend")]
-impl Storage for CachedDisk {
-    fn info(&self) -> StorageInfo {
-        self.inner.common.info()
-    }
-
-    fn read(&mut self, sector: u64, dst: SharedMem) -> Result<(), StorageError> {
-        Ok(self.read_sectors(sector, dst)?)
-    }
-
-    fn write(&mut self, sector: u64, src: SharedMem) -> Result<(), StorageError> {
-        Ok(self.write_sectors(sector, src)?)
-    }
-
-    fn flush(&mut self) -> Result<(), StorageError> {
-        Ok(CachedDisk::flush(self)?)
-    }
-
-    fn discard(&mut self, sector: u64, nr_sectors: u64, secure: bool) -> Result<(), StorageError> {
-        Ok(CachedDisk::discard(self, sector, nr_sectors, secure)?)
-    }
-}
+sim_storage!(CachedDisk);
 
 #[cfg(test)]
 mod cached_tests {
