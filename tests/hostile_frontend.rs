@@ -20,13 +20,15 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use xenblk::modes::backend::{BackPhase, Backend, BackendConfig, DataPath, HaltReason, MAX_BACKEND_SEGMENTS};
+use xenblk::modes::backend::{
+    BackPhase, Backend, BackendConfig, DataPath, FailCause, HaltReason, MAX_BACKEND_SEGMENTS,
+};
 use xenblk::modes::storage::{Storage, StorageError, StorageInfo};
 use xenblk::platform::{EventChannels, Grants, Page, Pages, Tx, XenStore};
 use xenblk::pool::back::GrantBudget;
 use xenblk::proto::blkif::{
     self, Abi, OP_DISCARD, OP_FLUSH_DISKCACHE, OP_INDIRECT, OP_READ, OP_WRITE, Protocol, RSP_EOPNOTSUPP, RSP_ERROR,
-    RSP_OKAY, ReqKind, Request, Response, RwOp, SegList, Segment,
+    RSP_OKAY, RejectReason, ReqKind, Request, Response, RwOp, SegList, Segment,
 };
 use xenblk::proto::grant::{DomId, GntStatus, GrantRef, RevokeError};
 use xenblk::proto::shmem::SharedMem;
@@ -575,6 +577,8 @@ fn xsa361_a_failed_map_fails_only_its_request() {
     let before = r.backs[0].stats();
     assert_eq!(r.one(slot(&rw_req(1, RwOp::Write, 8, &[seg(ga, 0, 7)]))), RSP_ERROR);
     assert_eq!(r.backs[0].stats().map_failures, before.map_failures + 1);
+    let f = r.backs[0].last_failure().expect("a failure recorded");
+    assert_eq!((f.op, f.sector, f.count, f.cause), (1, 8, 1, FailCause::GrantMap), "{f:?}");
     r.dom0.set_fault_plan(FaultPlan::none());
     let mut d = vec![0u8; 4096];
     r.disks[0].read_at(8 * 512, &mut d).unwrap();
@@ -724,6 +728,8 @@ fn first_sect_after_last_sect_is_an_error() {
     assert_eq!(r.one(slot(&rw_req(1, RwOp::Read, 0, &[seg(g, 5, 4)]))), RSP_ERROR);
     assert_eq!(r.one(slot(&rw_req(2, RwOp::Write, 0, &[seg(g, 0, 7), seg(g, 7, 0)]))), RSP_ERROR);
     assert_eq!(r.one(slot(&rw_req(3, RwOp::Read, 0, &[seg(g, 3, 3)]))), RSP_OKAY);
+    let f = r.backs[0].last_failure().expect("a failure recorded");
+    assert_eq!((f.op, f.cause), (1, FailCause::Rejected(RejectReason::BadSegment)), "{f:?}");
     r.victims_ok();
 }
 
@@ -746,6 +752,9 @@ fn sectors_past_the_end_of_the_disk_are_an_error() {
     assert_eq!(r.one(slot(&rw_req(2, RwOp::Read, end, &[seg(g, 0, 0)]))), RSP_ERROR);
     assert_eq!(r.one(slot(&rw_req(3, RwOp::Write, u64::MAX - 3, &[seg(g, 0, 7)]))), RSP_ERROR);
     assert_eq!(r.one(slot(&rw_req(4, RwOp::Read, u64::MAX, &[seg(g, 0, 0)]))), RSP_ERROR);
+    // The backend keeps what failed and why, for its log.
+    let f = r.backs[0].last_failure().expect("a failure recorded");
+    assert_eq!((f.op, f.sector, f.count, f.status, f.cause), (0, u64::MAX, 1, RSP_ERROR, FailCause::OutOfRange));
     // Discard too (the disk offers it for this case).
     r.disks[0].set_discard(true);
     let disc =
@@ -773,6 +782,8 @@ fn writes_to_a_read_only_disk_are_an_error() {
     assert_eq!(r.one(slot(&rw_req(2, RwOp::WriteBarrier, 0, &[seg(g, 0, 7)]))), RSP_ERROR);
     let disc = Request { id: 3, handle: 0, sector: 0, kind: ReqKind::Discard { secure: false, nr_sectors: 8 } };
     assert_eq!(r.one(slot(&disc)), RSP_ERROR);
+    let f = r.backs[0].last_failure().expect("a failure recorded");
+    assert_eq!((f.op, f.count, f.cause), (5, 8, FailCause::ReadOnly), "{f:?}");
     let mut d = vec![0u8; 8192];
     r.disks[0].read_at(0, &mut d).unwrap();
     assert!(d.iter().all(|&x| x == 0x99), "a read-only disk was written");

@@ -689,6 +689,30 @@ fn flush_with_and_without_data_and_barrier_with_data_on_the_wire() {
     });
 }
 
+/// Linux blkfront sends an empty flush with `sector_number` = u64::MAX (the block layer's
+/// "no position"; ext4's journal does it on the rig). Without data the sector means nothing:
+/// the flush is served, on a 512- and on a 4096-byte-sector disk. With data, a sector past
+/// the end is still an error.
+#[cfg(feature = "backend")]
+#[test]
+fn empty_flush_with_sector_u64_max_is_served() {
+    big_stack(|| {
+        for ss in [512u32, 4096] {
+            let disk = RamDisk::new(4096);
+            disk.set_sector_size(ss, 4096);
+            let mut w = WireB::new(disk, BackendConfig::default(), false, |_| {});
+            assert!(w.connected());
+            let f0 = w.disk.stats().flushes;
+            w.front.submit_kind(&mut w.guest, u64::MAX, RwOp::Flush, &[]);
+            assert_eq!(w.one().status, RSP_OKAY, "sector size {ss}");
+            assert_eq!(w.disk.stats().flushes - f0, 1);
+            w.front.submit_kind(&mut w.guest, u64::MAX - 7, RwOp::Flush, &pattern(1, 4096));
+            assert_eq!(w.one().status, RSP_ERROR, "a flush with data past the end");
+            assert_eq!(w.disk.stats().flushes - f0, 1);
+        }
+    });
+}
+
 // ======================================================================= 4. sector sizes
 
 /// A 4 KiB-logical disk: `sectors` and every request stay in 512-byte units; the frontend

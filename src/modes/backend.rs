@@ -163,6 +163,48 @@ pub struct BackStats {
     pub bytes: u64,
 }
 
+/// Why a request was answered with an error status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FailCause {
+    /// The request was malformed (decode rejected it).
+    Rejected(RejectReason),
+    /// The sectors lie (partly) past the end of the disk.
+    OutOfRange,
+    /// A write (or discard) to a read-only disk.
+    ReadOnly,
+    /// Not aligned to the disk's logical sector size.
+    Misaligned,
+    /// An indirect page could not be read or held bad segments.
+    IndirectPages,
+    /// A grant could not be mapped.
+    GrantMap,
+    /// A grant copy failed.
+    GrantCopy,
+    /// The storage failed.
+    Storage(StorageError),
+}
+
+/// The last request a backend answered with an error (for logs: what failed and why).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FailedRequest {
+    /// Queue (ring) index.
+    pub queue: u16,
+    /// The operation code as sent (6 for indirect requests).
+    pub op: u8,
+    /// For indirect requests, the operation inside.
+    pub indirect_op: Option<u8>,
+    /// First sector.
+    pub sector: u64,
+    /// Segments (sectors for a discard).
+    pub count: u64,
+    /// The status sent back.
+    pub status: i16,
+    /// Why.
+    pub cause: FailCause,
+}
+
 /// One ring of a connection (one per queue).
 struct Queue {
     ring: BackRing,
@@ -197,6 +239,9 @@ pub struct Backend<S: Storage> {
     physical_device: Option<PhysicalDevice>,
     storage: S,
     stats: BackStats,
+    /// Cause of the error being answered (set where the error is found).
+    cause: FailCause,
+    last_failure: Option<FailedRequest>,
     now_ms: u64,
     watch_token: u32,
     bounce: heapless::Vec<Page, CHUNK>,
@@ -261,6 +306,8 @@ impl<S: Storage> Backend<S> {
             physical_device: None,
             storage,
             stats: BackStats::default(),
+            cause: FailCause::Storage(StorageError::Io),
+            last_failure: None,
             now_ms: 0,
             watch_token,
             bounce: heapless::Vec::new(),
@@ -367,6 +414,10 @@ impl<S: Storage> Backend<S> {
     /// Counters.
     pub fn stats(&self) -> BackStats {
         self.stats
+    }
+    /// The last request answered with an error status (EOPNOTSUPP excluded), if any.
+    pub fn last_failure(&self) -> Option<FailedRequest> {
+        self.last_failure
     }
     /// Persistent-grant cache counters and size, summed over the queues.
     pub fn cache(&self) -> (crate::pool::back::CacheStats, usize) {
@@ -722,6 +773,9 @@ impl<S: Storage> Backend<S> {
                 let rsp = match req {
                     Ok(r) => {
                         let status = self.serve(plat, &r);
+                        if status != RSP_OKAY && status != RSP_EOPNOTSUPP {
+                            self.record_failure(q, &r, status);
+                        }
                         // An indirect request is answered with its indirect_op: Linux
                         // blkfront (6.1) checks `operation == indirect_op` and disables the
                         // device otherwise ("response has wrong operation (6 instead of 1)",
@@ -737,6 +791,15 @@ impl<S: Storage> Backend<S> {
                             self.stats.unsupported += 1;
                         } else {
                             self.stats.errors += 1;
+                            self.last_failure = Some(FailedRequest {
+                                queue: q as u16,
+                                op: rej.op,
+                                indirect_op: None,
+                                sector: 0,
+                                count: 0,
+                                status: rej.status(),
+                                cause: FailCause::Rejected(rej.reason),
+                            });
                         }
                         Response { id: rej.id, op: rej.op, status: rej.status() }
                     }
@@ -769,6 +832,37 @@ impl<S: Storage> Backend<S> {
         done
     }
 
+    fn record_failure(&mut self, q: usize, r: &Request, status: i16) {
+        let (indirect_op, count) = match &r.kind {
+            ReqKind::Discard { nr_sectors, .. } => (None, *nr_sectors),
+            ReqKind::Rw { segs, .. } => (None, segs.len() as u64),
+            ReqKind::Indirect { op, nr_segments, .. } => (Some(op.code()), *nr_segments as u64),
+        };
+        self.last_failure = Some(FailedRequest {
+            queue: q as u16,
+            op: r.op_code(),
+            indirect_op,
+            sector: r.sector,
+            count,
+            status,
+            cause: self.cause,
+        });
+    }
+
+    /// Notes why the request being served fails; returns `RSP_ERROR`.
+    fn fail(&mut self, cause: FailCause) -> i16 {
+        self.cause = cause;
+        RSP_ERROR
+    }
+
+    /// The status for a storage result, noting the cause of a failure.
+    fn storage_status(&mut self, r: Result<(), StorageError>) -> i16 {
+        if let Err(e) = r {
+            self.cause = FailCause::Storage(e);
+        }
+        to_status(r)
+    }
+
     fn push<P: BackendPlatform>(&mut self, plat: &mut P, q: usize) {
         if let Some(c) = self.conn.as_mut()
             && let Some(queue) = c.queues.get_mut(q)
@@ -785,10 +879,13 @@ impl<S: Storage> Backend<S> {
             ReqKind::Discard { secure, nr_sectors } => {
                 if !self.discard_offered || (*secure && !info.discard_secure) {
                     RSP_EOPNOTSUPP
-                } else if info.read_only || r.sector.checked_add(*nr_sectors).is_none_or(|end| end > info.sectors) {
-                    RSP_ERROR
+                } else if info.read_only {
+                    self.fail(FailCause::ReadOnly)
+                } else if r.sector.checked_add(*nr_sectors).is_none_or(|end| end > info.sectors) {
+                    self.fail(FailCause::OutOfRange)
                 } else {
-                    to_status(self.storage.discard(r.sector, *nr_sectors, *secure))
+                    let r = self.storage.discard(r.sector, *nr_sectors, *secure);
+                    self.storage_status(r)
                 }
             }
             ReqKind::Rw { op, segs } => {
@@ -801,7 +898,7 @@ impl<S: Storage> Backend<S> {
             ReqKind::Indirect { op, nr_segments, pages } => {
                 match self.load_indirect(plat, *nr_segments as usize, pages) {
                     Ok(()) => self.serve_rw(plat, *op, r.sector),
-                    Err(()) => RSP_ERROR,
+                    Err(()) => self.fail(FailCause::IndirectPages),
                 }
             }
         };
@@ -930,21 +1027,26 @@ impl<S: Storage> Backend<S> {
             return RSP_EOPNOTSUPP;
         }
         if write && nsect > 0 && info.read_only {
-            return RSP_ERROR;
+            return self.fail(FailCause::ReadOnly);
         }
-        if sector.checked_add(nsect).is_none_or(|end| end > info.sectors) {
-            return RSP_ERROR;
-        }
-        let ss = (info.sector_size.max(512) / SECTOR_SIZE as u32) as u64;
-        if ss > 1 && (!sector.is_multiple_of(ss) || !nsect.is_multiple_of(ss)) {
-            return RSP_ERROR;
+        // Without data the sector number means nothing: Linux blkfront sends an empty flush
+        // with sector_number = u64::MAX (the block layer's "no position"), seen on the rig
+        // as ext4's journal flushes. Only data is range- and alignment-checked.
+        if nsect > 0 {
+            if sector.checked_add(nsect).is_none_or(|end| end > info.sectors) {
+                return self.fail(FailCause::OutOfRange);
+            }
+            let ss = (info.sector_size.max(512) / SECTOR_SIZE as u32) as u64;
+            if ss > 1 && (!sector.is_multiple_of(ss) || !nsect.is_multiple_of(ss)) {
+                return self.fail(FailCause::Misaligned);
+            }
         }
         // Barrier: every earlier write is durable before this one; flush: before answering.
         if matches!(op, RwOp::WriteBarrier)
             && info.flush
             && let Err(e) = self.storage.flush()
         {
-            return to_status(Err(e));
+            return self.storage_status(Err(e));
         }
         let mut status = RSP_OKAY;
         let mut disk = sector;
@@ -967,7 +1069,8 @@ impl<S: Storage> Backend<S> {
             i = end;
         }
         if status == RSP_OKAY && matches!(op, RwOp::Flush | RwOp::WriteBarrier) && info.flush {
-            status = to_status(self.storage.flush());
+            let r = self.storage.flush();
+            status = self.storage_status(r);
         }
         status
     }
@@ -1029,14 +1132,14 @@ impl<S: Storage> Backend<S> {
                 }
             }
         }
-        let mut status = if ok { RSP_OKAY } else { RSP_ERROR };
+        let mut status = if ok { RSP_OKAY } else { self.fail(FailCause::GrantMap) };
         if ok {
             for e in &segs {
                 let Some(m) = e.map else { continue };
                 let region = m.mem.slice(e.seg.offset(), e.seg.len());
                 let r = if write { self.storage.write(disk, region) } else { self.storage.read(disk, region) };
                 if r.is_err() {
-                    status = to_status(r);
+                    status = self.storage_status(r);
                     break;
                 }
                 self.stats.bytes += e.seg.len() as u64;
@@ -1073,7 +1176,7 @@ impl<S: Storage> Backend<S> {
     ) -> i16 {
         let n = to - from;
         if self.bounce.len() < n {
-            return RSP_ERROR;
+            return self.fail(FailCause::GrantCopy);
         }
         let mut ops: heapless::Vec<CopyOp, CHUNK> = heapless::Vec::new();
         for (k, s) in self.segs[from..to].iter().enumerate() {
@@ -1090,12 +1193,12 @@ impl<S: Storage> Backend<S> {
             plat.copy_batch(&ops, &mut st[..n]);
             self.stats.copies += n as u64;
             if st[..n].iter().any(|s| *s != GntStatus::Okay) {
-                return RSP_ERROR;
+                return self.fail(FailCause::GrantCopy);
             }
             for (k, s) in self.segs[from..to].iter().enumerate() {
                 let region = self.bounce[k].mem.slice(s.offset(), s.len());
                 if let Err(e) = self.storage.write(disk, region) {
-                    return to_status(Err(e));
+                    return self.storage_status(Err(e));
                 }
                 self.stats.bytes += s.len() as u64;
                 disk += s.sectors() as u64;
@@ -1104,7 +1207,7 @@ impl<S: Storage> Backend<S> {
             for (k, s) in self.segs[from..to].iter().enumerate() {
                 let region = self.bounce[k].mem.slice(s.offset(), s.len());
                 if let Err(e) = self.storage.read(disk, region) {
-                    return to_status(Err(e));
+                    return self.storage_status(Err(e));
                 }
                 self.stats.bytes += s.len() as u64;
                 disk += s.sectors() as u64;
@@ -1112,7 +1215,7 @@ impl<S: Storage> Backend<S> {
             plat.copy_batch(&ops, &mut st[..n]);
             self.stats.copies += n as u64;
             if st[..n].iter().any(|s| *s != GntStatus::Okay) {
-                return RSP_ERROR;
+                return self.fail(FailCause::GrantCopy);
             }
         }
         RSP_OKAY

@@ -215,7 +215,12 @@ struct Dev {
     b: Backend<Disk>,
     connected: bool,
     halted: bool,
+    /// Error responses already reported in the log.
+    errors_logged: u64,
 }
+
+/// Failed requests logged per device (each with its cause); later ones are only counted.
+const FAILURES_LOGGED: u64 = 20;
 
 /// The keys both sides wrote, for the log (what was negotiated, as xenstore shows it).
 fn xs_features(xs: &mut XsClient, dir: &str, keys: &[&str]) -> String {
@@ -338,7 +343,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                                 info.sectors
                             );
                             next_token += 1;
-                            devs.insert(dir, Dev { b, connected: false, halted: false });
+                            devs.insert(dir, Dev { b, connected: false, halted: false, errors_logged: 0 });
                         }
                         Err(e) => println!("xenblk-back: {dir}: probe: {e:?}"),
                     }
@@ -349,9 +354,19 @@ fn serve(args: ServeArgs) -> ExitCode {
                 d.b.on_xenstore(&mut plat);
             }
         }
-        for d in devs.values_mut() {
+        for (dir, d) in devs.iter_mut() {
             d.b.process(&mut plat);
             d.b.tick(&mut plat, t0.elapsed().as_millis() as u64);
+            let errors = d.b.stats().errors;
+            if errors > d.errors_logged && d.errors_logged < FAILURES_LOGGED {
+                if let Some(f) = d.b.last_failure() {
+                    println!("xenblk-back: {dir}: error response ({errors} so far): {f:?}");
+                }
+                if errors >= FAILURES_LOGGED {
+                    println!("xenblk-back: {dir}: {FAILURES_LOGGED} errors logged; further ones only counted");
+                }
+            }
+            d.errors_logged = errors;
         }
         let mut gone = Vec::new();
         for (dir, d) in devs.iter_mut() {
