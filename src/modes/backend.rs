@@ -205,6 +205,15 @@ pub struct FailedRequest {
     pub cause: FailCause,
 }
 
+/// What one [`Backend::process_some`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Processed {
+    /// Requests answered.
+    pub done: usize,
+    /// Some queue still has requests (its budget ran out): call again.
+    pub more: bool,
+}
+
 /// One ring of a connection (one per queue).
 struct Queue {
     ring: BackRing,
@@ -738,21 +747,36 @@ impl<S: Storage> Backend<S> {
 
     /// Serves every request available on every queue, then re-arms the events and serves
     /// what arrived meanwhile. Returns the number of requests answered.
+    ///
+    /// A frontend that keeps refilling its ring keeps this call busy; a board serving
+    /// several frontends from one thread should use [`process_some`](Self::process_some).
     pub fn process<P: BackendPlatform>(&mut self, plat: &mut P) -> usize {
-        let nq = self.conn.as_ref().map_or(0, |c| c.queues.len());
-        let mut done = 0;
-        for q in 0..nq {
-            done += self.process_queue(plat, q);
-        }
-        if done == 0 {
-            self.stats.spurious += 1;
-        }
-        done
+        self.process_some(plat, usize::MAX).done
     }
 
-    fn process_queue<P: BackendPlatform>(&mut self, plat: &mut P, q: usize) -> usize {
+    /// Serves at most `budget` requests per queue. When a queue still has requests after
+    /// its budget, its event is not re-armed (the frontend need not notify again) and
+    /// [`Processed::more`] is set: the caller must call again without waiting for an event,
+    /// after serving its other devices (round robin, so one busy frontend cannot starve the
+    /// others). Otherwise the events are re-armed as by [`process`](Self::process).
+    pub fn process_some<P: BackendPlatform>(&mut self, plat: &mut P, budget: usize) -> Processed {
+        let nq = self.conn.as_ref().map_or(0, |c| c.queues.len());
+        let mut out = Processed::default();
+        for q in 0..nq {
+            let (n, more) = self.process_queue(plat, q, budget.max(1));
+            out.done += n;
+            out.more |= more;
+        }
+        if out.done == 0 {
+            self.stats.spurious += 1;
+        }
+        out
+    }
+
+    /// Serves up to `budget` requests of queue `q`; true if it stopped with requests left.
+    fn process_queue<P: BackendPlatform>(&mut self, plat: &mut P, q: usize, budget: usize) -> (usize, bool) {
         if self.phase != BackPhase::Connected || self.conn.is_none() {
-            return 0;
+            return (0, false);
         }
         self.cur = q;
         let mut done = 0;
@@ -762,13 +786,14 @@ impl<S: Storage> Backend<S> {
                 Some(Err(_)) => {
                     self.halt(HaltReason::RequestOverflow);
                     self.push(plat, q);
-                    return done;
+                    return (done, false);
                 }
-                None => return done,
+                None => return (done, false),
             };
+            let avail = avail.min(budget.saturating_sub(done).try_into().unwrap_or(u32::MAX));
             let max_ind = self.cfg.max_indirect_segments.min(MAX_BACKEND_SEGMENTS);
             for _ in 0..avail {
-                let Some(c) = self.conn.as_mut() else { return done };
+                let Some(c) = self.conn.as_mut() else { return (done, false) };
                 let req = c.queues[q].ring.take_request_unchecked(max_ind);
                 let rsp = match req {
                     Ok(r) => {
@@ -820,6 +845,13 @@ impl<S: Storage> Backend<S> {
             if self.phase != BackPhase::Connected {
                 break;
             }
+            if done >= budget
+                && self.conn.as_ref().is_some_and(|c| c.queues[q].ring.unconsumed_requests().is_ok_and(|n| n > 0))
+            {
+                // Budget spent with requests left: the event stays disarmed, the caller
+                // comes back. (With nothing left, re-arm below as usual.)
+                return (done, true);
+            }
             match self.conn.as_mut().map(|c| c.queues[q].ring.final_check_for_requests()) {
                 Some(Ok(true)) => continue,
                 Some(Ok(false)) | None => break,
@@ -829,7 +861,7 @@ impl<S: Storage> Backend<S> {
                 }
             }
         }
-        done
+        (done, false)
     }
 
     fn record_failure(&mut self, q: usize, r: &Request, status: i16) {

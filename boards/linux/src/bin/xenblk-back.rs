@@ -219,6 +219,9 @@ struct Dev {
     errors_logged: u64,
 }
 
+/// Requests served per device (and queue) before the daemon turns to the next device.
+const PROCESS_BUDGET: usize = 32;
+
 /// Failed requests logged per device (each with its cause); later ones are only counted.
 const FAILURES_LOGGED: u64 = 20;
 
@@ -296,8 +299,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut next_token = 1u32;
     let mut served_one = false;
+    // Some device stopped at its budget last round: serve again before sleeping.
+    let mut more = false;
     loop {
-        let wake = plat.wait(Some(200));
+        let wake = plat.wait(Some(if more { 0 } else { 200 }));
         if wake.xenstore {
             // Rescan for new device directories (cheap; the toolstack adds them rarely).
             let mut seen = Vec::new();
@@ -354,8 +359,11 @@ fn serve(args: ServeArgs) -> ExitCode {
                 d.b.on_xenstore(&mut plat);
             }
         }
+        more = false;
         for (dir, d) in devs.iter_mut() {
-            d.b.process(&mut plat);
+            // Round robin: at most a ring's worth per device and round, so a guest that
+            // keeps its ring full cannot starve the others.
+            more |= d.b.process_some(&mut plat, PROCESS_BUDGET).more;
             d.b.tick(&mut plat, t0.elapsed().as_millis() as u64);
             let errors = d.b.stats().errors;
             if errors > d.errors_logged && d.errors_logged < FAILURES_LOGGED {
