@@ -441,6 +441,8 @@ fn multi_queue_spreads_requests_over_every_queue_each_with_its_own_grant_cache()
         for q in 0..queues {
             assert!(p.back().queue_cache_len(q) > 0, "queue {q} cached nothing");
         }
+        // The backend counts what each queue carried (xenblk-back logs it at close).
+        assert_eq!(p.back().queue_requests(), vec![4u64; queues].as_slice());
         assert_eq!(p.back().stats().errors, 0);
     });
 }

@@ -251,6 +251,8 @@ pub struct Backend<S: Storage> {
     /// Cause of the error being answered (set where the error is found).
     cause: FailCause,
     last_failure: Option<FailedRequest>,
+    /// Requests answered per queue (all connections).
+    per_queue: [u64; MAX_QUEUES],
     now_ms: u64,
     watch_token: u32,
     bounce: heapless::Vec<Page, CHUNK>,
@@ -317,6 +319,7 @@ impl<S: Storage> Backend<S> {
             stats: BackStats::default(),
             cause: FailCause::Storage(StorageError::Io),
             last_failure: None,
+            per_queue: [0; MAX_QUEUES],
             now_ms: 0,
             watch_token,
             bounce: heapless::Vec::new(),
@@ -423,6 +426,11 @@ impl<S: Storage> Backend<S> {
     /// Counters.
     pub fn stats(&self) -> BackStats {
         self.stats
+    }
+    /// Requests answered on each queue so far (all connections), up to the offered number
+    /// of queues.
+    pub fn queue_requests(&self) -> &[u64] {
+        &self.per_queue[..self.max_queues() as usize]
     }
     /// The last request answered with an error status (EOPNOTSUPP excluded), if any.
     pub fn last_failure(&self) -> Option<FailedRequest> {
@@ -830,6 +838,7 @@ impl<S: Storage> Backend<S> {
                     }
                 };
                 self.stats.requests += 1;
+                self.per_queue[q] += 1;
                 if let Some(c) = self.conn.as_mut() {
                     c.queues[q].ring.put_response(&rsp);
                 }

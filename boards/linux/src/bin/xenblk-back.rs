@@ -389,10 +389,11 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
                 BackPhase::Closed | BackPhase::Removed => {
                     println!(
-                        "xenblk-back: {dir}: closed ({:?}); stats {:?}; cache {:?}",
+                        "xenblk-back: {dir}: closed ({:?}); stats {:?}; cache {:?}; per-queue requests {:?}",
                         d.b.phase(),
                         d.b.stats(),
-                        d.b.cache()
+                        d.b.cache(),
+                        d.b.queue_requests()
                     );
                     gone.push(dir.clone());
                 }
