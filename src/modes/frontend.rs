@@ -1459,7 +1459,12 @@ impl Frontend {
         if status != Status::Ok {
             self.stats.errors += 1;
         }
-        let persistent = self.neg.persistent && !matches!(self.phase, Phase::Failed(_));
+        // Keep the grants when persistence was negotiated, and on a board whose revoke cannot
+        // see the backend's mappings (Linux gntalloc): there ending a grant proves nothing
+        // about the backend letting go and costs two page-table changes per page, so the pool
+        // pages stay granted to this backend for the connection, as with persistence; the
+        // backend still maps and unmaps per request because persistence was not agreed.
+        let persistent = (self.neg.persistent || !plat.observes_mappings()) && !matches!(self.phase, Phase::Failed(_));
         let mut ok = true;
         // Release the grants before the caller looks at the data (a non-persistent backend
         // must have let go of every page by now).
