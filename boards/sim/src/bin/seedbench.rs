@@ -139,6 +139,9 @@ struct Cell {
     guests: usize,
     workload: Workload,
     runs: Vec<BenchResult>,
+    /// The cross-core 4 KiB copy measured just before each run (ns): how fast moving data
+    /// between the two cores was at that moment (it varies on a shared VM).
+    probes: Vec<f64>,
 }
 
 impl Cell {
@@ -219,7 +222,7 @@ fn main() -> ExitCode {
     for &workload in &o.workloads {
         for &mode in &o.modes {
             for &guests in &o.guests {
-                cells.push(Cell { mode, guests, workload, runs: Vec::new() });
+                cells.push(Cell { mode, guests, workload, runs: Vec::new(), probes: Vec::new() });
             }
         }
     }
@@ -240,9 +243,11 @@ fn main() -> ExitCode {
                 spin: Duration::from_micros(o.spin_us),
                 seed: 1 + rep as u64,
             };
+            // A 200-round probe (about 2 ms) of the cross-core copy right before the run.
+            let probe = if o.calibrate { calibrate::copy_cross_core(200) } else { 0.0 };
             let r = bench::run(&cfg, &disks);
             eprintln!(
-                "[{k}/{total}] {:<10} {:>2} guests {:<5} run {}: {:>10} IOPS  maps/req {:.2} notifies/req {:.3} blocks {}{}",
+                "[{k}/{total}] {:<10} {:>2} guests {:<5} run {}: {:>10} IOPS  maps/req {:.2} notifies/req {:.3} blocks {} copy probe {:.0} ns{}",
                 c.mode.name(),
                 c.guests,
                 wl_name(c.workload),
@@ -251,10 +256,12 @@ fn main() -> ExitCode {
                 r.maps as f64 / r.ops.max(1) as f64,
                 r.notifies as f64 / r.ops.max(1) as f64,
                 r.blocks,
+                probe,
                 if r.errors > 0 { "  ERRORS" } else { "" }
             );
             failed |= r.errors > 0 || r.ops == 0;
             c.runs.push(r);
+            c.probes.push(probe);
         }
     }
     let table = render_table(&o, &cells, &cal, cores);
@@ -412,9 +419,10 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
     let mut s = String::from("{\n  \"cells\": [\n");
     for (i, c) in cells.iter().enumerate() {
         let runs: Vec<String> = c.runs.iter().map(|r| format!("{:.0}", r.iops())).collect();
+        let probes: Vec<String> = c.probes.iter().map(|p| format!("{p:.0}")).collect();
         let _ = write!(
             s,
-            "    {{\"mode\": \"{}\", \"guests\": {}, \"workload\": \"{}\", \"iops\": {:.0}, \"runs\": [{}], \
+            "    {{\"mode\": \"{}\", \"guests\": {}, \"workload\": \"{}\", \"iops\": {:.0}, \"runs\": [{}], \"copy_probe_ns\": [{}], \
              \"limit_iops\": {:.0}, \"fraction_of_limit\": {:.4}, \"maps_per_request\": {:.4}, \"unmaps_per_request\": {:.4}, \
              \"grant_copies_per_request\": {:.4}, \"notifies_per_request\": {:.4}, \"blocks\": {}, \"persistent\": {}, \"errors\": {}}}",
             c.mode.name(),
@@ -422,6 +430,7 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
             wl_name(c.workload),
             c.iops(),
             runs.join(", "),
+            probes.join(", "),
             limit(c.mode, cal, cores),
             c.iops() / limit(c.mode, cal, cores),
             c.per_req(|r| r.maps),

@@ -1,0 +1,77 @@
+//! The README's main command, end to end on a tiny configuration: the table, the JSON and the
+//! SVG it promises, and clear errors for bad options.
+
+#![cfg(all(feature = "frontend", feature = "backend"))]
+
+use std::process::Command;
+
+fn seedbench(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_seedbench")).args(args).output().expect("run seedbench")
+}
+
+/// The numbers of every `"key": N` in `json`, in order.
+fn numbers(json: &str, key: &str) -> Vec<f64> {
+    let pat = format!("\"{key}\": ");
+    json.match_indices(&pat)
+        .map(|(i, _)| {
+            let rest = &json[i + pat.len()..];
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(rest.len());
+            rest[..end].parse().unwrap_or_else(|_| panic!("{key}: not a number in {:?}", &rest[..end.max(8)]))
+        })
+        .collect()
+}
+
+#[test]
+fn seedbench_prints_the_table_and_writes_json_and_svg() {
+    let dir = std::env::temp_dir().join(format!("seedbench-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("r.json"), dir.join("r.svg"));
+    let out = seedbench(&[
+        "--guests",
+        "1,2",
+        "--modes",
+        "map,persistent",
+        "--seconds",
+        "0.05",
+        "--repeats",
+        "2",
+        "--disk-mib",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "seedbench failed: {stderr}");
+    // The table: one row per guest count, both modes and their ratio.
+    assert!(stdout.contains("| guests | map | persistent |"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("| 1 |")) && stdout.lines().any(|l| l.starts_with("| 2 |")));
+    assert!(stdout.contains("copy_bound_iops = "), "{stdout}");
+    // Progress went to stderr: 2 modes x 2 guest counts x 2 repeats.
+    assert!(stderr.contains("[8/8]"), "{stderr}");
+    let j = std::fs::read_to_string(&json).unwrap();
+    let iops = numbers(&j, "iops");
+    assert_eq!(iops.len(), 4, "one cell per mode and guest count: {j}");
+    assert!(iops.iter().all(|&x| x > 0.0), "a cell with no I/O: {j}");
+    assert_eq!(numbers(&j, "guests"), vec![1.0, 2.0, 1.0, 2.0]);
+    assert!(numbers(&j, "errors").iter().all(|&e| e == 0.0));
+    assert_eq!(j.matches("\"copy_probe_ns\": [").count(), 4);
+    let bound = numbers(&j, "copy_bound_iops");
+    assert!(bound.len() == 1 && bound[0] > 0.0, "{j}");
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+    assert!(s.contains("persistent") && s.contains("map"), "one line per mode, labelled");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn seedbench_rejects_bad_options_with_a_message() {
+    for args in [&["--modes", "teleport"][..], &["--guests", "0"], &["--seconds", "x"], &["--frobnicate"]] {
+        let out = seedbench(args);
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.trim().is_empty() && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}
