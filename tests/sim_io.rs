@@ -195,3 +195,20 @@ fn opaque_grants_frontend_without_persistence_keeps_its_pool_granted() {
     assert_eq!(r.unmaps_before_shutdown, r.maps, "the backend kept a mapping without persistence");
     assert_eq!(r.live_mappings_at_end, 0);
 }
+
+/// Lent buffers are the caller's own pages: without persistence their grants end at every
+/// completion even on that board (the pool's bounce pages are what stays granted).
+#[cfg(feature = "frontend")]
+#[test]
+fn opaque_grants_frontend_without_persistence_still_ends_lent_buffer_grants() {
+    let c = RunConfig { front_opaque_grants: true, ..cfg(Mode::ZeroCopy, true, false) };
+    let (r, gens, disks) = run_with_disks(&c);
+    check_clean(&r, &c);
+    check_disks(&gens, &disks);
+    assert!(r.guests.iter().all(|g| !g.persistent));
+    for g in &r.guests {
+        assert!(g.ops > 0);
+        assert!(g.revokes >= g.ops, "guest {}: {} revokes for {} zero-copy requests", g.domid, g.revokes, g.ops);
+    }
+    assert_eq!(r.unmaps_before_shutdown, r.maps, "the backend kept a mapping without persistence");
+}

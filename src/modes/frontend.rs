@@ -1459,12 +1459,16 @@ impl Frontend {
         if status != Status::Ok {
             self.stats.errors += 1;
         }
-        // Keep the grants when persistence was negotiated, and on a board whose revoke cannot
-        // see the backend's mappings (Linux gntalloc): there ending a grant proves nothing
-        // about the backend letting go and costs two page-table changes per page, so the pool
-        // pages stay granted to this backend for the connection, as with persistence; the
-        // backend still maps and unmaps per request because persistence was not agreed.
-        let persistent = (self.neg.persistent || !plat.observes_mappings()) && !matches!(self.phase, Phase::Failed(_));
+        let failed = matches!(self.phase, Phase::Failed(_));
+        let persistent = self.neg.persistent && !failed;
+        // Pool pages (bounce pages the caller never sees) also keep their grants without
+        // persistence on a board whose revoke cannot see the backend's mappings (Linux
+        // gntalloc): there ending a grant proves nothing about the backend letting go and
+        // costs two page-table changes per page; the data is copied out at completion either
+        // way, and the backend still maps per request. Lent buffers (the caller's own pages)
+        // are ended without persistence on every board: the revoke at least detaches the
+        // caller's view from the granted page.
+        let keep = (persistent || !plat.observes_mappings()) && !failed;
         let mut ok = true;
         // Release the grants before the caller looks at the data (a non-persistent backend
         // must have let go of every page by now).
@@ -1475,10 +1479,10 @@ impl Frontend {
                 }
             }
         }
-        // Pool pages too, without persistence: the caller must not copy read data out of a
-        // page the backend can still write, nor see `Ok` for a request whose backend broke the
+        // Pool pages too, unless kept: the caller must not copy read data out of a page the
+        // backend can still write, nor see `Ok` for a request whose backend broke the
         // protocol (XSA-396). With persistence the backend keeps the mapping by design.
-        if !persistent && let Data::Pool(pages) = &sh.data {
+        if !keep && let Data::Pool(pages) = &sh.data {
             for &p in pages {
                 if self.pools[pq].settle(plat, p, false).is_err() {
                     ok = false;
@@ -1499,7 +1503,7 @@ impl Frontend {
         match sh.data {
             Data::Pool(p) => {
                 for &i in &p {
-                    if self.pools[pq].put(plat, i, persistent).is_err() {
+                    if self.pools[pq].put(plat, i, keep).is_err() {
                         ok = false;
                     }
                 }
@@ -1514,7 +1518,7 @@ impl Frontend {
             Data::None => {}
         }
         for &i in &sh.indirect {
-            if self.pools[pq].put(plat, i, persistent).is_err() {
+            if self.pools[pq].put(plat, i, keep).is_err() {
                 ok = false;
             }
         }
