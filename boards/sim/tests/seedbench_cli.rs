@@ -58,6 +58,9 @@ fn seedbench_prints_the_table_and_writes_json_and_svg() {
     assert_eq!(numbers(&j, "guests"), vec![1.0, 2.0, 1.0, 2.0]);
     assert!(numbers(&j, "errors").iter().all(|&e| e == 0.0));
     assert_eq!(j.matches("\"copy_probe_ns\": [").count(), 4);
+    let paired = numbers(&j, "fraction_of_limit_paired");
+    assert!(paired.len() == 4 && paired.iter().all(|&f| f > 0.0), "{j}");
+    assert!(stdout.contains("fraction, paired"), "{stdout}");
     let bound = numbers(&j, "copy_bound_iops");
     assert!(bound.len() == 1 && bound[0] > 0.0, "{j}");
     let s = std::fs::read_to_string(&svg).unwrap();
