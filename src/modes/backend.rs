@@ -806,9 +806,6 @@ impl<S: Storage> Backend<S> {
                 let rsp = match req {
                     Ok(r) => {
                         let status = self.serve(plat, &r);
-                        if status != RSP_OKAY && status != RSP_EOPNOTSUPP {
-                            self.record_failure(q, &r, status);
-                        }
                         // An indirect request is answered with its indirect_op: Linux
                         // blkfront (6.1) checks `operation == indirect_op` and disables the
                         // device otherwise ("response has wrong operation (6 instead of 1)",
@@ -873,14 +870,15 @@ impl<S: Storage> Backend<S> {
         (done, false)
     }
 
-    fn record_failure(&mut self, q: usize, r: &Request, status: i16) {
+    /// Keeps `r` (on the queue being served) as the last failure, with the noted cause.
+    fn record_failure(&mut self, r: &Request, status: i16) {
         let (indirect_op, count) = match &r.kind {
             ReqKind::Discard { nr_sectors, .. } => (None, *nr_sectors),
             ReqKind::Rw { segs, .. } => (None, segs.len() as u64),
             ReqKind::Indirect { op, nr_segments, .. } => (Some(op.code()), *nr_segments as u64),
         };
         self.last_failure = Some(FailedRequest {
-            queue: q as u16,
+            queue: self.cur as u16,
             op: r.op_code(),
             indirect_op,
             sector: r.sector,
@@ -946,7 +944,10 @@ impl<S: Storage> Backend<S> {
         match status {
             RSP_OKAY => {}
             RSP_EOPNOTSUPP => self.stats.unsupported += 1,
-            _ => self.stats.errors += 1,
+            _ => {
+                self.stats.errors += 1;
+                self.record_failure(r, status);
+            }
         }
         status
     }
