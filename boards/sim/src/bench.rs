@@ -25,7 +25,8 @@
 //! copy through the hypervisor; `zerocopy`: the guest reads and writes the pooled granted page
 //! itself, the frontend copies nothing).
 //!
-//! A worker with nothing to do spins for `spin` (a few µs), then blocks in a
+//! A worker with nothing to do spins on `pause` for a few µs, then yields its core until
+//! `spin` (50 µs by default) has passed, then blocks in a
 //! [`WaitGroup`] shared by its domains (a real futex wait; a notification to any of them
 //! wakes it).
 
@@ -39,6 +40,9 @@ use xenblk::proto::grant::DomId;
 
 use crate::harness::{Mode, Rng, Workload, fill_pattern};
 use crate::{Dom, Hypervisor, RamDisk, VbdSpec, WaitGroup};
+
+/// How long an idle worker spins on `pause` before it starts yielding its core.
+const PAUSE_SPIN: Duration = Duration::from_micros(4);
 
 /// Bytes per request (the seed's 4 KiB I/O).
 pub const IO_BYTES: usize = 4096;
@@ -303,7 +307,14 @@ fn run_worker(w: &mut Worker, stop: &AtomicBool, active: &AtomicUsize, spin: Dur
         let now = Instant::now();
         match idle_since {
             None => idle_since = Some(now),
-            // Yield rather than burn the core: with more runnable threads than cores (the
+            // The peer usually answers within a microsecond or two: a few `pause`s see it
+            // sooner than a system call would return.
+            Some(t) if now - t < PAUSE_SPIN.min(spin) => {
+                for _ in 0..32 {
+                    core::hint::spin_loop();
+                }
+            }
+            // Then yield rather than burn the core: with more runnable threads than cores (the
             // other worker, other processes) a pure spin steals the time the peer needs.
             Some(t) if now - t < spin => std::thread::yield_now(),
             Some(_) => {

@@ -60,6 +60,10 @@ pub(crate) struct Domain {
     pub(crate) ports: Mutex<PortTable>,
     pending: [AtomicU64; PORT_WORDS],
     closed: [AtomicU64; PORT_WORDS],
+    /// Which words of `pending` (bit `i`) and `closed` (bit `PORT_WORDS + i`) may have bits
+    /// set: a poll of a domain with nothing pending reads this one word (Xen's two-level
+    /// event-channel ABI keeps a selector word for the same reason).
+    selector: AtomicU64,
     // Watches.
     watch_q: Mutex<VecDeque<QueuedWatch>>,
     watch_flag: AtomicBool,
@@ -94,6 +98,7 @@ impl Domain {
             ports: Mutex::new(PortTable::default()),
             pending: Default::default(),
             closed: Default::default(),
+            selector: AtomicU64::new(0),
             watch_q: Mutex::new(VecDeque::new()),
             watch_flag: AtomicBool::new(false),
             kicked: AtomicBool::new(false),
@@ -227,12 +232,17 @@ impl Domain {
     /// Marks `port` pending and wakes the domain if it is blocked.
     #[inline]
     pub(crate) fn set_pending(&self, port: u32) {
-        self.pending[port as usize / 64].fetch_or(1 << (port % 64), Ordering::SeqCst);
+        let w = port as usize / 64;
+        self.pending[w].fetch_or(1 << (port % 64), Ordering::SeqCst);
+        // After the word: a poll that sees the selector bit finds the port bit.
+        self.selector.fetch_or(1 << w, Ordering::SeqCst);
         self.wake();
     }
 
     pub(crate) fn set_closed(&self, port: u32) {
-        self.closed[port as usize / 64].fetch_or(1 << (port % 64), Ordering::SeqCst);
+        let w = port as usize / 64;
+        self.closed[w].fetch_or(1 << (port % 64), Ordering::SeqCst);
+        self.selector.fetch_or(1 << (PORT_WORDS + w), Ordering::SeqCst);
         self.wake();
     }
 
@@ -283,16 +293,18 @@ impl Domain {
     }
 
     pub(crate) fn anything(&self) -> bool {
-        self.pending.iter().chain(&self.closed).any(|w| w.load(Ordering::SeqCst) != 0)
+        self.selector.load(Ordering::SeqCst) != 0
             || self.watch_flag.load(Ordering::SeqCst)
             || self.kicked.load(Ordering::SeqCst)
             || self.is_dead()
     }
 
     pub(crate) fn poll(&self) -> WakeReason {
+        // Clear the selector before the words: a bit set after the swap stays for the next poll.
+        let sel = if self.selector.load(Ordering::SeqCst) != 0 { self.selector.swap(0, Ordering::SeqCst) } else { 0 };
         WakeReason {
-            ports: PortSet::take(&self.pending),
-            closed: PortSet::take(&self.closed),
+            ports: PortSet::take(&self.pending, sel & ((1 << PORT_WORDS) - 1)),
+            closed: PortSet::take(&self.closed, sel >> PORT_WORDS),
             watches: self.watch_flag.load(Ordering::SeqCst),
             // Load first: a locked swap on every poll would bounce the line needlessly.
             kicked: self.kicked.load(Ordering::SeqCst) && self.kicked.swap(false, Ordering::SeqCst),

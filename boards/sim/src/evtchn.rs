@@ -18,6 +18,8 @@ use crate::stats::bump;
 /// Ports per domain (port 0 is never valid, as in Xen).
 pub const MAX_PORTS: u32 = 1024;
 pub(crate) const PORT_WORDS: usize = MAX_PORTS as usize / 64;
+// The domain's selector word has a bit per word of its pending and closed sets.
+const _: () = assert!(2 * PORT_WORDS <= 64);
 
 /// A set of ports, as a bitmap.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
@@ -68,11 +70,14 @@ impl PortSet {
         })
     }
 
-    /// Atomically takes (and clears) every bit of `bits`.
-    pub(crate) fn take(bits: &[AtomicU64; PORT_WORDS]) -> PortSet {
+    /// Atomically takes (and clears) every bit of the words of `bits` that `words` selects
+    /// (bit `i` for word `i`).
+    pub(crate) fn take(bits: &[AtomicU64; PORT_WORDS], mut words: u64) -> PortSet {
         let mut s = PortSet::new();
-        for (w, a) in s.words.iter_mut().zip(bits) {
-            if a.load(Ordering::Relaxed) != 0 {
+        while words != 0 {
+            let i = words.trailing_zeros() as usize;
+            words &= words - 1;
+            if let (Some(w), Some(a)) = (s.words.get_mut(i), bits.get(i)) {
                 *w = a.swap(0, Ordering::SeqCst);
             }
         }

@@ -174,3 +174,34 @@ fn many_pairs_ping_pong() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn ports_in_different_words_are_all_reported_once() {
+    // 150 channels from one guest to dom0: the guest's ports span three 64-port words of
+    // its pending set (and of the selector word that summarises them).
+    let hv = Hypervisor::new();
+    let mut back = hv.take_dom0().unwrap();
+    let mut guest = hv.create_domain(16);
+    let mut pairs = Vec::new();
+    for _ in 0..150 {
+        let gp = guest.alloc_unbound(back.id()).unwrap();
+        let bp = back.bind_interdomain(guest.id(), gp).unwrap();
+        pairs.push((gp, bp));
+    }
+    back.poll_pending();
+    assert!(pairs.iter().any(|p| p.0.0 >= 128), "ports reach a third word: {:?}", pairs.last());
+    let picked: Vec<(Port, Port)> = pairs.iter().copied().step_by(37).collect();
+    for &(_, bp) in &picked {
+        back.notify(bp).unwrap();
+    }
+    let r = guest.poll_pending();
+    let mut want: Vec<u32> = picked.iter().map(|p| p.0.0).collect();
+    want.sort_unstable();
+    assert_eq!(r.ports.iter().map(|p| p.0).collect::<Vec<_>>(), want);
+    assert!(guest.poll_pending().is_empty(), "every word consumed, selector cleared");
+    assert!(!guest.has_pending());
+    // A notify after the poll is seen by the next one (and by has_pending before it).
+    back.notify(picked[1].1).unwrap();
+    assert!(guest.has_pending());
+    assert_eq!(guest.poll_pending().ports.iter().collect::<Vec<_>>(), vec![picked[1].0]);
+}
