@@ -38,6 +38,11 @@ pub struct Calibration {
     pub ring_ns: f64,
     /// Host CPUs available.
     pub cores: usize,
+    /// Random 4 KiB read from the run's RAM disks ([`disk_read`]; 0 if not measured).
+    pub disk_read_4k_ns: f64,
+    /// Requests per second of the copies alone at the run's largest footprint
+    /// ([`copy_pipeline`]; 0 if not measured).
+    pub pipeline_iops: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -302,6 +307,7 @@ pub fn measure(quick: bool, reps: usize) -> Calibration {
         notify_ns: med(reps, || notify_cost(200_000 / k)),
         ring_ns: med(reps, || ring(320_000 / k)),
         cores,
+        ..Default::default()
     }
 }
 
@@ -315,4 +321,110 @@ pub const NOTIFY_BATCH: f64 = 32.0;
 /// `cores × 10⁹ / (copies × copy_4k_ns + ring_ns + notify_ns / 32)`.
 pub fn copy_bound(c: &Calibration, copies: u32, cores: usize) -> f64 {
     cores as f64 * 1e9 / (copies as f64 * c.copy_4k_ns + c.ring_ns + c.notify_ns / NOTIFY_BATCH)
+}
+
+/// What the copies alone achieve with the benchmark's memory footprint and thread layout,
+/// without any driver: `guests` guests, each with one ring's worth ([`PIPE_SLOTS`]) of pool
+/// pages, as many caller buffers and a disk of `disk_bytes`; worker `w` (pinned to the
+/// first two CPUs) plays the frontends of the guests `g % 2 == w` and the backends of the
+/// guests `(g + 1) % 2 == w`, as [`crate::bench`] lays them out. A backend turn copies a
+/// random 4 KiB block of the disk into each pool page; the frontend's turn copies each pool
+/// page into its caller buffer. The hand-over is one atomic per ring's worth of requests.
+/// Returns requests (backend copy + frontend copy) per second over `run`.
+///
+/// It is the ceiling any driver reaches on this machine for 4 KiB persistent reads at this
+/// footprint: where the disks do not fit the caches, the backend's copy is a DRAM read and
+/// the ceiling falls below the copy bound, whatever the driver does.
+pub fn copy_pipeline(guests: usize, disk_bytes: usize, run: Duration) -> f64 {
+    let guests = guests.max(1);
+    let disk_pages = (disk_bytes / PAGE_SIZE).max(1);
+    struct Guest {
+        pool: MappedRegion,
+        disk: Vec<u8>,
+        turn: AtomicU32,
+    }
+    let gs: Arc<Vec<Guest>> = Arc::new(
+        (0..guests)
+            .map(|g| {
+                let pool = MappedRegion::anonymous(PIPE_SLOTS * PAGE_SIZE).expect("pool pages");
+                pool.shared().copy_from_private(0, &vec![g as u8; PIPE_SLOTS * PAGE_SIZE]);
+                let mut disk = vec![0u8; disk_pages * PAGE_SIZE];
+                crate::harness::fill_pattern(&mut disk, g as u64);
+                Guest { pool, disk, turn: AtomicU32::new(0) }
+            })
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpus = two_cpus();
+    let saved = affinity();
+    let workers: Vec<_> = (0..2usize)
+        .map(|w| {
+            let (gs, stop) = (gs.clone(), stop.clone());
+            std::thread::spawn(move || {
+                if let Some((a, b)) = cpus {
+                    set_affinity(&only(if w == 0 { a } else { b }));
+                }
+                let mut bufs: Vec<Vec<u8>> = (0..gs.len()).map(|_| vec![0u8; PIPE_SLOTS * PAGE_SIZE]).collect();
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    for (g, q) in gs.iter().enumerate() {
+                        let mem = q.pool.shared();
+                        // Even turn: the backend's; odd: the frontend's.
+                        let t = q.turn.load(Ordering::Acquire);
+                        if (g + 1) % 2 == w && t % 2 == 0 {
+                            for s in 0..PIPE_SLOTS {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                let d = (x as usize % disk_pages) * PAGE_SIZE;
+                                mem.copy_from_private(s * PAGE_SIZE, &q.disk[d..d + PAGE_SIZE]);
+                            }
+                            q.turn.store(t + 1, Ordering::Release);
+                        } else if g % 2 == w && t % 2 == 1 {
+                            mem.copy_to_private(0, &mut bufs[g]);
+                            q.turn.store(t + 1, Ordering::Release);
+                        }
+                    }
+                }
+                std::hint::black_box(&bufs);
+            })
+        })
+        .collect();
+    let served = |gs: &[Guest]| gs.iter().map(|q| u64::from(q.turn.load(Ordering::Acquire) / 2)).sum::<u64>();
+    std::thread::sleep(run / 4);
+    let (t0, n0) = (Instant::now(), served(&gs));
+    std::thread::sleep(run);
+    let (el, n1) = (t0.elapsed(), served(&gs));
+    stop.store(true, Ordering::Relaxed);
+    for h in workers {
+        h.join().expect("pipeline worker");
+    }
+    if let Some(s) = saved {
+        set_affinity(&s);
+    }
+    (n1 - n0) as f64 * PIPE_SLOTS as f64 / el.as_secs_f64()
+}
+
+/// Requests per guest and turn in [`copy_pipeline`]: one ring's worth.
+pub const PIPE_SLOTS: usize = 32;
+
+/// Random 4 KiB reads from `disks` into a hot buffer, one thread (ns per read): what the
+/// backend's copy out of the storage costs when the disks' footprint does (not) fit the caches.
+pub fn disk_read(disks: &[crate::RamDisk], reads: usize) -> f64 {
+    if disks.is_empty() {
+        return 0.0;
+    }
+    let mut buf = vec![0u8; PAGE_SIZE];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let t = Instant::now();
+    for _ in 0..reads {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let d = &disks[x as usize % disks.len()];
+        let blocks = (d.sectors() / 8).max(1);
+        let _ = d.read_at((x >> 20) % blocks * PAGE_SIZE as u64, &mut buf);
+        std::hint::black_box(&buf);
+    }
+    t.elapsed().as_nanos() as f64 / reads.max(1) as f64
 }

@@ -35,8 +35,8 @@ fn seedbench_prints_the_table_and_writes_json_and_svg() {
         "0.05",
         "--repeats",
         "2",
-        "--disk-mib",
-        "1",
+        "--disk-kib",
+        "256",
         "--json",
         json.to_str().unwrap(),
         "--svg",
@@ -63,6 +63,13 @@ fn seedbench_prints_the_table_and_writes_json_and_svg() {
     assert!(stdout.contains("fraction, paired"), "{stdout}");
     let bound = numbers(&j, "copy_bound_iops");
     assert!(bound.len() == 1 && bound[0] > 0.0, "{j}");
+    // The footprint's own limits: the disks' read cost and the copies alone.
+    assert_eq!(numbers(&j, "disk_kib"), vec![256.0]);
+    let disk_read = numbers(&j, "disk_read_4k_ns");
+    assert!(disk_read.len() == 1 && disk_read[0] > 0.0, "{j}");
+    let pipeline = numbers(&j, "copy_pipeline_iops");
+    assert!(pipeline.len() == 1 && pipeline[0] > 0.0, "{j}");
+    assert!(stdout.contains("copies alone at 2 guests' footprint (256 KiB disks"), "{stdout}");
     let s = std::fs::read_to_string(&svg).unwrap();
     assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
     assert!(s.contains("persistent") && s.contains("map"), "one line per mode, labelled");
@@ -71,7 +78,14 @@ fn seedbench_prints_the_table_and_writes_json_and_svg() {
 
 #[test]
 fn seedbench_rejects_bad_options_with_a_message() {
-    for args in [&["--modes", "teleport"][..], &["--guests", "0"], &["--seconds", "x"], &["--frobnicate"]] {
+    for args in [
+        &["--modes", "teleport"][..],
+        &["--guests", "0"],
+        &["--seconds", "x"],
+        &["--frobnicate"],
+        &["--disk-kib", "6"],
+        &["--disk-kib", "0"],
+    ] {
         let out = seedbench(args);
         assert!(!out.status.success(), "{args:?} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
