@@ -240,10 +240,12 @@ pub struct Buffer {
 
 impl Buffer {
     /// Number of pages.
+    #[inline]
     pub fn pages(&self) -> usize {
         self.pages.len()
     }
     /// Capacity in bytes.
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.pages.len() * PAGE_SIZE
     }
@@ -298,6 +300,7 @@ pub struct Completion<'a> {
 
 impl Completion<'_> {
     /// Copies read data (up to `dst.len()` bytes) out of the pooled pages; returns bytes.
+    #[inline]
     pub fn read_data(&self, dst: &mut [u8]) -> usize {
         let pages: &[u16] = match &*self.data {
             Data::Pool(p) => p,
@@ -308,6 +311,7 @@ impl Completion<'_> {
     }
 
     /// Takes back a lent buffer (zero-copy path). If not taken, it returns to the pool.
+    #[inline]
     pub fn take_buffer(&mut self) -> Option<Buffer> {
         match core::mem::replace(self.data, Data::None) {
             Data::Lent(b) => Some(b),
@@ -319,6 +323,7 @@ impl Completion<'_> {
     }
 }
 
+#[inline]
 fn copy_out(pool: &FrontPool, pages: &[u16], dst: &mut [u8], bytes: usize) -> usize {
     let n = dst.len().min(bytes);
     if let [idx] = pages
@@ -525,7 +530,11 @@ impl Frontend {
         v
     }
     /// Whether some queue has a free slot.
+    #[inline]
     fn has_room(&self) -> bool {
+        if let [r] = self.rings.as_slice() {
+            return !r.ring.is_full();
+        }
         self.rings.iter().any(|r| !r.ring.is_full())
     }
     /// The pool (queue) for a lent buffer of `pages` pages: round robin over the queues in
@@ -1204,8 +1213,15 @@ impl Frontend {
         if bytes == 0 && matches!(op, RwOp::Read | RwOp::Write) {
             return Err(SubmitError::BadLength);
         }
-        // In sector units: `sector * 512` overflows for sectors >= 2^55.
-        if !bytes.is_multiple_of(ss) || !sector.is_multiple_of((ss / SECTOR_SIZE) as u64) {
+        // In sector units: `sector * 512` overflows for sectors >= 2^55. The sector size is
+        // a power of two (read_features refuses any other): masks instead of divisions.
+        let per = (ss / SECTOR_SIZE) as u64;
+        let aligned = if ss.is_power_of_two() {
+            bytes & (ss - 1) == 0 && sector & (per - 1) == 0
+        } else {
+            bytes.is_multiple_of(ss) && sector.is_multiple_of(per)
+        };
+        if !aligned {
             return Err(SubmitError::BadLength);
         }
         if bytes > self.max_request_bytes() {
@@ -1321,6 +1337,7 @@ impl Frontend {
     /// Encodes shadow `id` into the ring (granting what needs a grant). `granted`: the data
     /// pages were taken from the pool for this very request just before (their grants are
     /// as wanted, so they are not checked again); false for lent buffers and re-issues.
+    #[inline]
     fn issue<P: FrontendPlatform>(&mut self, plat: &mut P, id: u16, granted: bool) -> Result<(), SubmitError> {
         let persistent = self.neg.persistent;
         let indirect_max = self.neg.indirect_segments as usize;
@@ -1361,10 +1378,6 @@ impl Frontend {
             }
         }
         let nseg = pages.len();
-        let seg_of = |i: usize, g: GrantRef| {
-            let len = (bytes - i * PAGE_SIZE).min(PAGE_SIZE);
-            Segment { gref: g.0, first_sect: 0, last_sect: (len.div_ceil(SECTOR_SIZE) - 1) as u8 }
-        };
         let sector = *sector;
         let ring = &mut self.rings[q].ring;
         let kind = match *kind {
@@ -1373,7 +1386,7 @@ impl Frontend {
                 // The common case goes to the ring from its fields (no Request is built).
                 let mut segs = SegList::new();
                 for (i, &p) in pages.iter().enumerate() {
-                    let _ = segs.push(seg_of(i, pool.gref(p)));
+                    let _ = segs.push(seg_of(bytes, i, pool.gref(p)));
                 }
                 if !ring.put_rw_request(id as u64, 0, sector, op, &segs) {
                     return Err(SubmitError::Busy);
@@ -1383,47 +1396,7 @@ impl Frontend {
                 sh.queue = q as u8;
                 return Ok(());
             }
-            ShadowKind::Rw(op) => {
-                if nseg > indirect_max || !matches!(op, RwOp::Read | RwOp::Write) {
-                    return Err(SubmitError::TooLarge);
-                }
-                // Indirect: segment descriptors in pooled pages. With persistence they are
-                // granted read-write like data pages, so the backend can keep them mapped
-                // (its persistent mappings are read-write); otherwise read-only.
-                let ind_ro = !persistent;
-                let npages = nseg.div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
-                if indirect.is_empty() {
-                    for _ in 0..npages {
-                        match pool.get(plat, ind_ro) {
-                            Ok(ip) => {
-                                let _ = indirect.push(ip);
-                            }
-                            Err(e) => {
-                                for &ip in indirect.iter() {
-                                    pool.put_unused(ip);
-                                }
-                                indirect.clear();
-                                return Err(pool_err(e));
-                            }
-                        }
-                    }
-                } else {
-                    for &ip in indirect.iter() {
-                        pool.ensure_granted(plat, ip, ind_ro).map_err(pool_err)?;
-                    }
-                }
-                let mut grefs = heapless::Vec::new();
-                for (pi, &ip) in indirect.iter().enumerate() {
-                    let page = pool.page(ip);
-                    let first = pi * SEGMENTS_PER_INDIRECT_PAGE;
-                    let last = (first + SEGMENTS_PER_INDIRECT_PAGE).min(nseg);
-                    for (k, i) in (first..last).enumerate() {
-                        page.write_bytes(k * 8, &seg_of(i, pool.gref(pages[i])).encode());
-                    }
-                    let _ = grefs.push(pool.gref(ip).0);
-                }
-                ReqKind::Indirect { op, nr_segments: nseg as u16, pages: grefs }
-            }
+            ShadowKind::Rw(op) => indirect_kind(plat, pool, indirect, pages, bytes, op, indirect_max, persistent)?,
         };
         let req = Request { id: id as u64, handle: 0, sector, kind };
         if !ring.put_request(&req) {
@@ -1525,6 +1498,7 @@ impl Frontend {
     }
 
     /// Completes shadow `id`; returns false if the device failed while releasing pages.
+    #[inline(always)]
     fn complete<P: FrontendPlatform>(
         &mut self,
         plat: &mut P,
@@ -1771,6 +1745,70 @@ fn free_ring_mem<P: FrontendPlatform>(plat: &mut P, mem: SharedMem, frames: &[u6
     } else {
         plat.free_pages_contiguous(mem, frames);
     }
+}
+
+/// Segment `i` of a request of `bytes` bytes starting at the start of its first page.
+#[inline]
+fn seg_of(bytes: usize, i: usize, g: GrantRef) -> Segment {
+    let len = (bytes - i * PAGE_SIZE).min(PAGE_SIZE);
+    Segment { gref: g.0, first_sect: 0, last_sect: (len.div_ceil(SECTOR_SIZE) - 1) as u8 }
+}
+
+/// The indirect case of [`Frontend::issue`] (out of line: the direct case is the hot one):
+/// takes (or re-grants) the indirect pages of a request of `pages`, writes its segment
+/// descriptors into them, and returns the request body.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn indirect_kind<P: FrontendPlatform>(
+    plat: &mut P,
+    pool: &mut FrontPool,
+    indirect: &mut heapless::Vec<u16, MAX_INDIRECT_PAGES>,
+    pages: &[u16],
+    bytes: usize,
+    op: RwOp,
+    indirect_max: usize,
+    persistent: bool,
+) -> Result<ReqKind, SubmitError> {
+    let nseg = pages.len();
+    if nseg > indirect_max || !matches!(op, RwOp::Read | RwOp::Write) {
+        return Err(SubmitError::TooLarge);
+    }
+    // Indirect: segment descriptors in pooled pages. With persistence they are granted
+    // read-write like data pages, so the backend can keep them mapped (its persistent
+    // mappings are read-write); otherwise read-only.
+    let ind_ro = !persistent;
+    let npages = nseg.div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
+    if indirect.is_empty() {
+        for _ in 0..npages {
+            match pool.get(plat, ind_ro) {
+                Ok(ip) => {
+                    let _ = indirect.push(ip);
+                }
+                Err(e) => {
+                    for &ip in indirect.iter() {
+                        pool.put_unused(ip);
+                    }
+                    indirect.clear();
+                    return Err(pool_err(e));
+                }
+            }
+        }
+    } else {
+        for &ip in indirect.iter() {
+            pool.ensure_granted(plat, ip, ind_ro).map_err(pool_err)?;
+        }
+    }
+    let mut grefs = heapless::Vec::new();
+    for (pi, &ip) in indirect.iter().enumerate() {
+        let page = pool.page(ip);
+        let first = pi * SEGMENTS_PER_INDIRECT_PAGE;
+        let last = (first + SEGMENTS_PER_INDIRECT_PAGE).min(nseg);
+        for (k, i) in (first..last).enumerate() {
+            page.write_bytes(k * 8, &seg_of(bytes, i, pool.gref(pages[i])).encode());
+        }
+        let _ = grefs.push(pool.gref(ip).0);
+    }
+    Ok(ReqKind::Indirect { op, nr_segments: nseg as u16, pages: grefs })
 }
 
 fn pool_err(e: PoolError) -> SubmitError {

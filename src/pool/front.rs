@@ -296,6 +296,23 @@ impl FrontPool {
     /// [`release_all`]: Self::release_all
     #[inline]
     pub fn put<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, persistent: bool) -> Result<(), PoolError> {
+        // The common case (persistence, a granted page handed out): the path of `put_slow`
+        // for it, inline.
+        if persistent
+            && let Some(e) = self.entries.get_mut(idx as usize)
+            && e.busy
+            && e.gref.is_some()
+        {
+            e.busy = false;
+            self.stats.kept_granted += 1;
+            push_front(&mut self.free, idx);
+            return Ok(());
+        }
+        self.put_slow(plat, idx, persistent)
+    }
+
+    #[inline(never)]
+    fn put_slow<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, persistent: bool) -> Result<(), PoolError> {
         let Some(e) = self.entries.get_mut(idx as usize) else { return Ok(()) };
         if !e.busy {
             // Returned twice: ignore rather than corrupt the free list.

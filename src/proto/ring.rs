@@ -172,6 +172,7 @@ impl FrontRing {
     /// [`put_request`](Self::put_request) of a read, write, barrier or flush with direct
     /// segments (at most 11; more are cut off), from its fields: the same slot bytes as for
     /// the equivalent [`Request`], without building one.
+    #[inline]
     pub fn put_rw_request(&mut self, id: u64, handle: u16, sector: u64, op: RwOp, segs: &[Segment]) -> bool {
         if self.is_full() {
             return false;
