@@ -142,7 +142,7 @@ impl FrontPool {
     }
 
     /// Takes a page granted to the peer (read-only if `readonly`), LIFO.
-    #[inline]
+    #[inline(always)]
     pub fn get<P: FrontendPlatform>(&mut self, plat: &mut P, readonly: bool) -> Result<u16, PoolError> {
         let idx = self.free.pop_front();
         // The common case (the head of the free list kept granted to this peer with this
