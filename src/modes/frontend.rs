@@ -240,10 +240,12 @@ pub struct Buffer {
 
 impl Buffer {
     /// Number of pages.
+    #[inline]
     pub fn pages(&self) -> usize {
         self.pages.len()
     }
     /// Capacity in bytes.
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.pages.len() * PAGE_SIZE
     }
@@ -298,6 +300,7 @@ pub struct Completion<'a> {
 
 impl Completion<'_> {
     /// Copies read data (up to `dst.len()` bytes) out of the pooled pages; returns bytes.
+    #[inline]
     pub fn read_data(&self, dst: &mut [u8]) -> usize {
         let pages: &[u16] = match &*self.data {
             Data::Pool(p) => p,
@@ -308,6 +311,7 @@ impl Completion<'_> {
     }
 
     /// Takes back a lent buffer (zero-copy path). If not taken, it returns to the pool.
+    #[inline]
     pub fn take_buffer(&mut self) -> Option<Buffer> {
         match core::mem::replace(self.data, Data::None) {
             Data::Lent(b) => Some(b),
@@ -319,8 +323,18 @@ impl Completion<'_> {
     }
 }
 
+#[inline]
 fn copy_out(pool: &FrontPool, pages: &[u16], dst: &mut [u8], bytes: usize) -> usize {
     let n = dst.len().min(bytes);
+    if let [idx] = pages
+        && n <= PAGE_SIZE
+    {
+        // One page (the common case): the loop below, once.
+        if n > 0 {
+            pool.page(*idx).copy_to_private(0, &mut dst[..n]);
+        }
+        return n;
+    }
     let mut done = 0;
     for &idx in pages {
         if done >= n {
@@ -393,6 +407,10 @@ pub struct Frontend {
     /// Requests waiting to be (re)issued, oldest first (ids into `shadows`).
     backlog: heapless::Deque<u16, MAX_IDS>,
     neg: Negotiated,
+    /// [`max_request_pages`](Self::max_request_pages), recomputed by
+    /// [`update_limits`](Self::update_limits) whenever what it depends on changes (the
+    /// negotiated indirect segments, the pool limit), not at every request.
+    max_pages: usize,
     stats: FrontStats,
     watch_token: u32,
     /// The user closed the device: do not reconnect on our own.
@@ -450,10 +468,12 @@ impl Frontend {
             shadows,
             backlog: heapless::Deque::new(),
             neg: Negotiated::default(),
+            max_pages: 0,
             stats: FrontStats::default(),
             watch_token,
             user_closed: false,
         };
+        f.update_limits();
         xs::write_state(plat, &f.dir, XenbusState::Initialising).map_err(AttachError::Platform)?;
         f.on_xenstore(plat);
         Ok(f)
@@ -510,7 +530,11 @@ impl Frontend {
         v
     }
     /// Whether some queue has a free slot.
+    #[inline]
     fn has_room(&self) -> bool {
+        if let [r] = self.rings.as_slice() {
+            return !r.ring.is_full();
+        }
         self.rings.iter().any(|r| !r.ring.is_full())
     }
     /// The pool (queue) for a lent buffer of `pages` pages: round robin over the queues in
@@ -528,8 +552,17 @@ impl Frontend {
     }
 
     /// A queue whose ring has a free slot and whose pool has `pages` pages, round robin.
+    #[inline]
     fn pick_room(&mut self, pages: usize) -> Option<usize> {
         let n = self.rings.len();
+        if n == 1 {
+            // One queue (the common case): the loop below with n = 1, without its divisions.
+            if self.rings[0].ring.is_full() || self.pools[0].available() < pages {
+                return None;
+            }
+            self.next_queue = 0;
+            return Some(0);
+        }
         for k in 0..n {
             let q = (self.next_queue + k) % n;
             if !self.rings[q].ring.is_full() && self.pools[q].available() >= pages {
@@ -543,6 +576,14 @@ impl Frontend {
     /// A queue with a free slot, round robin.
     fn pick_queue(&mut self) -> Option<usize> {
         let n = self.rings.len();
+        if n == 1 {
+            // As the loop below with n = 1.
+            if self.rings[0].ring.is_full() {
+                return None;
+            }
+            self.next_queue = 0;
+            return Some(0);
+        }
         for k in 0..n {
             let q = (self.next_queue + k) % n;
             if !self.rings[q].ring.is_full() {
@@ -569,7 +610,19 @@ impl Frontend {
         self.max_request_pages() * PAGE_SIZE
     }
 
+    #[inline]
     fn max_request_pages(&self) -> usize {
+        debug_assert_eq!(self.max_pages, self.compute_max_request_pages(), "update_limits not called");
+        self.max_pages
+    }
+
+    /// Recomputes what depends on the negotiated features and the pool limit; call after
+    /// every change of `neg` or of a pool's limit.
+    fn update_limits(&mut self) {
+        self.max_pages = self.compute_max_request_pages();
+    }
+
+    fn compute_max_request_pages(&self) -> usize {
         let ind = self.neg.indirect_segments as usize;
         let segs =
             if ind > MAX_SEGMENTS_PER_REQUEST { ind.min(self.cfg.max_segments) } else { MAX_SEGMENTS_PER_REQUEST };
@@ -680,6 +733,7 @@ impl Frontend {
         }
         plat.watch(&xs::join(&self.backend_dir, keys::STATE), self.watch_token).map_err(AttachError::Platform)?;
         self.neg = Negotiated::default();
+        self.update_limits();
         xs::write_state(plat, &self.dir, XenbusState::Initialising).map_err(AttachError::Platform)?;
         self.phase = Phase::WaitBackend;
         self.on_xenstore(plat);
@@ -886,6 +940,7 @@ impl Frontend {
         for p in self.pools.iter_mut() {
             p.set_limit(per_queue);
         }
+        self.update_limits();
         self.neg.ring_order = order;
         self.neg.queues = nq as u32;
         self.phase = Phase::Initialised;
@@ -941,6 +996,7 @@ impl Frontend {
             return;
         };
         self.neg = neg;
+        self.update_limits();
         if let Err(e) = xs::write_state(plat, &self.dir, XenbusState::Connected) {
             self.fail(plat, FailReason::Platform(e));
             return;
@@ -1013,7 +1069,7 @@ impl Frontend {
                 let _ = self.backlog.push_front(id);
                 break;
             }
-            match self.issue(plat, id) {
+            match self.issue(plat, id, false) {
                 Ok(()) => self.stats.reissued += 1,
                 Err(_) => {
                     let _ = self.backlog.push_front(id);
@@ -1128,15 +1184,25 @@ impl Frontend {
             issued: false,
             queue: 0,
         });
-        self.finish_submit(plat, id).map_err(|e| match self.shadows[id as usize].take().map(|s| s.data) {
-            Some(Data::Lent(b)) => {
-                self.ids.free(id as u64);
-                (e, b)
+        self.finish_submit(plat, id, false).map_err(|e| {
+            let Some(sh) = self.shadows[id as usize].take() else {
+                return (e, Buffer { pages: heapless::Vec::new(), pool: 0 });
+            };
+            // Indirect pages taken for it go back unused (it never reached the ring).
+            for &i in &sh.indirect {
+                self.pools[sh.pool as usize].put_unused(i);
             }
-            _ => (e, Buffer { pages: heapless::Vec::new(), pool: 0 }),
+            match sh.data {
+                Data::Lent(b) => {
+                    self.ids.free(id as u64);
+                    (e, b)
+                }
+                _ => (e, Buffer { pages: heapless::Vec::new(), pool: 0 }),
+            }
         })
     }
 
+    #[inline]
     fn check_rw(&self, op: RwOp, sector: u64, bytes: usize) -> Result<(), SubmitError> {
         match self.phase {
             Phase::Connected => {}
@@ -1147,8 +1213,15 @@ impl Frontend {
         if bytes == 0 && matches!(op, RwOp::Read | RwOp::Write) {
             return Err(SubmitError::BadLength);
         }
-        // In sector units: `sector * 512` overflows for sectors >= 2^55.
-        if !bytes.is_multiple_of(ss) || !sector.is_multiple_of((ss / SECTOR_SIZE) as u64) {
+        // In sector units: `sector * 512` overflows for sectors >= 2^55. The sector size is
+        // a power of two (read_features refuses any other): masks instead of divisions.
+        let per = (ss / SECTOR_SIZE) as u64;
+        let aligned = if ss.is_power_of_two() {
+            bytes & (ss - 1) == 0 && sector & (per - 1) == 0
+        } else {
+            bytes.is_multiple_of(ss) && sector.is_multiple_of(per)
+        };
+        if !aligned {
             return Err(SubmitError::BadLength);
         }
         if bytes > self.max_request_bytes() {
@@ -1200,42 +1273,52 @@ impl Frontend {
         let readonly = crate::profile::FRONTEND_READONLY_WRITE_GRANTS
             && !self.neg.persistent
             && matches!(kind, ShadowKind::Rw(op) if op.is_write());
-        let mut pages: heapless::Vec<u16, MAX_DATA_PAGES> = heapless::Vec::new();
-        for i in 0..pages_needed {
-            match self.pools[q].get(plat, readonly) {
-                Ok(p) => {
-                    if let Some(d) = data {
-                        let lo = i * PAGE_SIZE;
-                        let hi = (lo + PAGE_SIZE).min(d.len());
-                        self.pools[q].page(p).copy_from_private(0, &d[lo..hi]);
-                    }
-                    let _ = pages.push(p);
-                }
-                Err(e) => {
-                    for &p in &pages {
-                        self.pools[q].put_unused(p);
-                    }
-                    self.ids.free(id as u64);
-                    return Err(pool_err(e));
-                }
-            }
-        }
-        self.shadows[id as usize] = Some(Shadow {
+        // The shadow is built in its slot and the pages are pushed into it there: no page
+        // list is built elsewhere and moved.
+        let sh = self.shadows[id as usize].insert(Shadow {
             tag,
             kind,
             sector,
             bytes: bytes as u32,
-            data: if pages.is_empty() { Data::None } else { Data::Pool(pages) },
+            data: if pages_needed == 0 { Data::None } else { Data::Pool(heapless::Vec::new()) },
             indirect: heapless::Vec::new(),
             issued: false,
             queue: q as u8,
             pool: q as u8,
         });
-        if let Err(e) = self.finish_submit(plat, id) {
-            if let Some(sh) = self.shadows[id as usize].take()
-                && let Data::Pool(p) = sh.data
-            {
-                for &i in &p {
+        if let Data::Pool(pages) = &mut sh.data {
+            let pool = &mut self.pools[q];
+            for i in 0..pages_needed {
+                match pool.get(plat, readonly) {
+                    Ok(p) => {
+                        if let Some(d) = data {
+                            let lo = i * PAGE_SIZE;
+                            let hi = (lo + PAGE_SIZE).min(d.len());
+                            pool.page(p).copy_from_private(0, &d[lo..hi]);
+                        }
+                        // Cannot fail: check_rw bounds the request to MAX_DATA_PAGES pages.
+                        let _ = pages.push(p);
+                    }
+                    Err(e) => {
+                        for &p in pages.iter() {
+                            pool.put_unused(p);
+                        }
+                        self.shadows[id as usize] = None;
+                        self.ids.free(id as u64);
+                        return Err(pool_err(e));
+                    }
+                }
+            }
+        }
+        // The data pages were granted just now by `get`, with the permission `issue` wants.
+        if let Err(e) = self.finish_submit(plat, id, true) {
+            if let Some(sh) = self.shadows[id as usize].take() {
+                if let Data::Pool(p) = &sh.data {
+                    for &i in p {
+                        self.pools[q].put_unused(i);
+                    }
+                }
+                for &i in &sh.indirect {
                     self.pools[q].put_unused(i);
                 }
             }
@@ -1245,89 +1328,21 @@ impl Frontend {
         Ok(())
     }
 
-    fn finish_submit<P: FrontendPlatform>(&mut self, plat: &mut P, id: u16) -> Result<(), SubmitError> {
-        self.issue(plat, id)?;
+    fn finish_submit<P: FrontendPlatform>(&mut self, plat: &mut P, id: u16, granted: bool) -> Result<(), SubmitError> {
+        self.issue(plat, id, granted)?;
         self.stats.submitted += 1;
         Ok(())
     }
 
-    /// Encodes shadow `id` into the ring (granting what needs a grant).
-    fn issue<P: FrontendPlatform>(&mut self, plat: &mut P, id: u16) -> Result<(), SubmitError> {
+    /// Encodes shadow `id` into the ring (granting what needs a grant). `granted`: the data
+    /// pages were taken from the pool for this very request just before (their grants are
+    /// as wanted, so they are not checked again); false for lent buffers and re-issues.
+    #[inline]
+    fn issue<P: FrontendPlatform>(&mut self, plat: &mut P, id: u16, granted: bool) -> Result<(), SubmitError> {
         let persistent = self.neg.persistent;
         let indirect_max = self.neg.indirect_segments as usize;
-        let Some(sh) = self.shadows[id as usize].as_mut() else { return Err(SubmitError::Failed) };
+        let Some(sh) = self.shadows[id as usize].as_ref() else { return Err(SubmitError::Failed) };
         let pq = sh.pool as usize;
-        let pool = &mut self.pools[pq];
-        let used = (sh.bytes as usize).div_ceil(PAGE_SIZE);
-        let pages: heapless::Vec<u16, MAX_DATA_PAGES> = match &sh.data {
-            Data::Pool(p) => p.iter().take(used).copied().collect(),
-            Data::Lent(b) => b.pages.iter().take(used).copied().collect(),
-            Data::None => heapless::Vec::new(),
-        };
-        let write = matches!(sh.kind, ShadowKind::Rw(op) if op.is_write());
-        let readonly = crate::profile::FRONTEND_READONLY_WRITE_GRANTS && !persistent && write;
-        // Make sure every page is granted (after a reconnect the grants were ended).
-        for &p in &pages {
-            pool.ensure_granted(plat, p, readonly).map_err(pool_err)?;
-        }
-        let nseg = pages.len();
-        let bytes = sh.bytes as usize;
-        let seg_of = |i: usize, g: GrantRef| {
-            let len = (bytes - i * PAGE_SIZE).min(PAGE_SIZE);
-            Segment { gref: g.0, first_sect: 0, last_sect: (len.div_ceil(SECTOR_SIZE) - 1) as u8 }
-        };
-        let kind = match sh.kind {
-            ShadowKind::Discard { secure, sectors } => ReqKind::Discard { secure, nr_sectors: sectors },
-            ShadowKind::Rw(op) if nseg <= MAX_SEGMENTS_PER_REQUEST => {
-                let mut segs = SegList::new();
-                for (i, &p) in pages.iter().enumerate() {
-                    let _ = segs.push(seg_of(i, pool.gref(p)));
-                }
-                ReqKind::Rw { op, segs }
-            }
-            ShadowKind::Rw(op) => {
-                if nseg > indirect_max || !matches!(op, RwOp::Read | RwOp::Write) {
-                    return Err(SubmitError::TooLarge);
-                }
-                // Indirect: segment descriptors in pooled pages. With persistence they are
-                // granted read-write like data pages, so the backend can keep them mapped
-                // (its persistent mappings are read-write); otherwise read-only.
-                let ind_ro = !persistent;
-                let npages = nseg.div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
-                if sh.indirect.is_empty() {
-                    for _ in 0..npages {
-                        match pool.get(plat, ind_ro) {
-                            Ok(ip) => {
-                                let _ = sh.indirect.push(ip);
-                            }
-                            Err(e) => {
-                                for &ip in &sh.indirect {
-                                    pool.put_unused(ip);
-                                }
-                                sh.indirect.clear();
-                                return Err(pool_err(e));
-                            }
-                        }
-                    }
-                } else {
-                    for &ip in &sh.indirect {
-                        pool.ensure_granted(plat, ip, ind_ro).map_err(pool_err)?;
-                    }
-                }
-                let mut grefs = heapless::Vec::new();
-                for (pi, &ip) in sh.indirect.iter().enumerate() {
-                    let page = pool.page(ip);
-                    let first = pi * SEGMENTS_PER_INDIRECT_PAGE;
-                    let last = (first + SEGMENTS_PER_INDIRECT_PAGE).min(nseg);
-                    for (k, i) in (first..last).enumerate() {
-                        page.write_bytes(k * 8, &seg_of(i, pool.gref(pages[i])).encode());
-                    }
-                    let _ = grefs.push(pool.gref(ip).0);
-                }
-                ReqKind::Indirect { op, nr_segments: nseg as u16, pages: grefs }
-            }
-        };
-        let req = Request { id: id as u64, handle: 0, sector: sh.sector, kind };
         if self.rings.is_empty() {
             return Err(SubmitError::NotConnected);
         }
@@ -1344,12 +1359,50 @@ impl Frontend {
                 None => return Err(SubmitError::Busy),
             }
         };
-        let r = &mut self.rings[q];
-        if !r.ring.put_request(&req) {
+        let Some(sh) = self.shadows[id as usize].as_mut() else { return Err(SubmitError::Failed) };
+        let pool = &mut self.pools[pq];
+        let Shadow { kind, sector, bytes, data, indirect, .. } = &mut *sh;
+        let bytes = *bytes as usize;
+        let all: &[u16] = match data {
+            Data::Pool(p) => p,
+            Data::Lent(b) => &b.pages,
+            Data::None => &[],
+        };
+        let pages = &all[..bytes.div_ceil(PAGE_SIZE).min(all.len())];
+        let write = matches!(kind, ShadowKind::Rw(op) if op.is_write());
+        let readonly = crate::profile::FRONTEND_READONLY_WRITE_GRANTS && !persistent && write;
+        // Make sure every page is granted (after a reconnect the grants were ended).
+        if !granted {
+            for &p in pages {
+                pool.ensure_granted(plat, p, readonly).map_err(pool_err)?;
+            }
+        }
+        let nseg = pages.len();
+        let sector = *sector;
+        let ring = &mut self.rings[q].ring;
+        let kind = match *kind {
+            ShadowKind::Discard { secure, sectors } => ReqKind::Discard { secure, nr_sectors: sectors },
+            ShadowKind::Rw(op) if nseg <= MAX_SEGMENTS_PER_REQUEST => {
+                // The common case goes to the ring from its fields (no Request is built).
+                let mut segs = SegList::new();
+                for (i, &p) in pages.iter().enumerate() {
+                    let _ = segs.push(seg_of(bytes, i, pool.gref(p)));
+                }
+                if !ring.put_rw_request(id as u64, 0, sector, op, &segs) {
+                    return Err(SubmitError::Busy);
+                }
+                self.rings[q].unpushed = true;
+                sh.issued = true;
+                sh.queue = q as u8;
+                return Ok(());
+            }
+            ShadowKind::Rw(op) => indirect_kind(plat, pool, indirect, pages, bytes, op, indirect_max, persistent)?,
+        };
+        let req = Request { id: id as u64, handle: 0, sector, kind };
+        if !ring.put_request(&req) {
             return Err(SubmitError::Busy);
         }
-        r.unpushed = true;
-        let Some(sh) = self.shadows[id as usize].as_mut() else { return Err(SubmitError::Failed) };
+        self.rings[q].unpushed = true;
         sh.issued = true;
         sh.queue = q as u8;
         Ok(())
@@ -1445,6 +1498,7 @@ impl Frontend {
     }
 
     /// Completes shadow `id`; returns false if the device failed while releasing pages.
+    #[inline(always)]
     fn complete<P: FrontendPlatform>(
         &mut self,
         plat: &mut P,
@@ -1452,7 +1506,8 @@ impl Frontend {
         status: Status,
         f: &mut impl FnMut(&mut Completion<'_>),
     ) -> bool {
-        let Some(mut sh) = self.shadows[id as usize].take() else { return true };
+        // The shadow is used where it lies and cleared at the end (not moved out first).
+        let Some(sh) = self.shadows[id as usize].as_mut() else { return true };
         let pq = sh.pool as usize;
         self.ids.free(id as u64);
         self.stats.completed += 1;
@@ -1469,12 +1524,13 @@ impl Frontend {
         // are ended without persistence on every board: the revoke at least detaches the
         // caller's view from the granted page.
         let keep = (persistent || !plat.observes_mappings()) && !failed;
+        let pool = &mut self.pools[pq];
         let mut ok = true;
         // Release the grants before the caller looks at the data (a non-persistent backend
         // must have let go of every page by now).
         if let Data::Lent(b) = &sh.data {
             for &p in &b.pages {
-                if self.pools[pq].settle(plat, p, persistent).is_err() {
+                if pool.settle(plat, p, persistent).is_err() {
                     ok = false;
                 }
             }
@@ -1484,7 +1540,7 @@ impl Frontend {
         // protocol (XSA-396). With persistence the backend keeps the mapping by design.
         if !keep && let Data::Pool(pages) = &sh.data {
             for &p in pages {
-                if self.pools[pq].settle(plat, p, false).is_err() {
+                if pool.settle(plat, p, false).is_err() {
                     ok = false;
                 }
             }
@@ -1495,22 +1551,22 @@ impl Frontend {
                 status: if ok { status } else { Status::Error },
                 sector: sh.sector,
                 bytes: sh.bytes,
-                pool: &self.pools[pq],
+                pool: &*pool,
                 data: &mut sh.data,
             };
             f(&mut c);
         }
-        match sh.data {
+        match &sh.data {
             Data::Pool(p) => {
-                for &i in &p {
-                    if self.pools[pq].put(plat, i, keep).is_err() {
+                for &i in p {
+                    if pool.put(plat, i, keep).is_err() {
                         ok = false;
                     }
                 }
             }
             Data::Lent(b) => {
                 for &i in &b.pages {
-                    if self.pools[pq].put(plat, i, persistent).is_err() {
+                    if pool.put(plat, i, persistent).is_err() {
                         ok = false;
                     }
                 }
@@ -1518,10 +1574,11 @@ impl Frontend {
             Data::None => {}
         }
         for &i in &sh.indirect {
-            if self.pools[pq].put(plat, i, keep).is_err() {
+            if pool.put(plat, i, keep).is_err() {
                 ok = false;
             }
         }
+        self.shadows[id as usize] = None;
         if !ok && !matches!(self.phase, Phase::Failed(_)) {
             self.fail(plat, FailReason::GrantStillMapped);
             return false;
@@ -1688,6 +1745,70 @@ fn free_ring_mem<P: FrontendPlatform>(plat: &mut P, mem: SharedMem, frames: &[u6
     } else {
         plat.free_pages_contiguous(mem, frames);
     }
+}
+
+/// Segment `i` of a request of `bytes` bytes starting at the start of its first page.
+#[inline]
+fn seg_of(bytes: usize, i: usize, g: GrantRef) -> Segment {
+    let len = (bytes - i * PAGE_SIZE).min(PAGE_SIZE);
+    Segment { gref: g.0, first_sect: 0, last_sect: (len.div_ceil(SECTOR_SIZE) - 1) as u8 }
+}
+
+/// The indirect case of [`Frontend::issue`] (out of line: the direct case is the hot one):
+/// takes (or re-grants) the indirect pages of a request of `pages`, writes its segment
+/// descriptors into them, and returns the request body.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn indirect_kind<P: FrontendPlatform>(
+    plat: &mut P,
+    pool: &mut FrontPool,
+    indirect: &mut heapless::Vec<u16, MAX_INDIRECT_PAGES>,
+    pages: &[u16],
+    bytes: usize,
+    op: RwOp,
+    indirect_max: usize,
+    persistent: bool,
+) -> Result<ReqKind, SubmitError> {
+    let nseg = pages.len();
+    if nseg > indirect_max || !matches!(op, RwOp::Read | RwOp::Write) {
+        return Err(SubmitError::TooLarge);
+    }
+    // Indirect: segment descriptors in pooled pages. With persistence they are granted
+    // read-write like data pages, so the backend can keep them mapped (its persistent
+    // mappings are read-write); otherwise read-only.
+    let ind_ro = !persistent;
+    let npages = nseg.div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
+    if indirect.is_empty() {
+        for _ in 0..npages {
+            match pool.get(plat, ind_ro) {
+                Ok(ip) => {
+                    let _ = indirect.push(ip);
+                }
+                Err(e) => {
+                    for &ip in indirect.iter() {
+                        pool.put_unused(ip);
+                    }
+                    indirect.clear();
+                    return Err(pool_err(e));
+                }
+            }
+        }
+    } else {
+        for &ip in indirect.iter() {
+            pool.ensure_granted(plat, ip, ind_ro).map_err(pool_err)?;
+        }
+    }
+    let mut grefs = heapless::Vec::new();
+    for (pi, &ip) in indirect.iter().enumerate() {
+        let page = pool.page(ip);
+        let first = pi * SEGMENTS_PER_INDIRECT_PAGE;
+        let last = (first + SEGMENTS_PER_INDIRECT_PAGE).min(nseg);
+        for (k, i) in (first..last).enumerate() {
+            page.write_bytes(k * 8, &seg_of(bytes, i, pool.gref(pages[i])).encode());
+        }
+        let _ = grefs.push(pool.gref(ip).0);
+    }
+    Ok(ReqKind::Indirect { op, nr_segments: nseg as u16, pages: grefs })
 }
 
 fn pool_err(e: PoolError) -> SubmitError {

@@ -33,9 +33,9 @@ cfg_if::cfg_if! {
         fn new_free() -> FreeList { alloc::collections::VecDeque::new() }
         fn new_parked() -> Parked { alloc::vec::Vec::new() }
         fn push_entry(v: &mut Entries, e: Entry) -> bool { v.push(e); true }
-        fn push_back(v: &mut FreeList, i: u16) { v.push_back(i) }
-        fn push_front(v: &mut FreeList, i: u16) { v.push_front(i) }
-        fn park(v: &mut Parked, i: u16) { v.push(i) }
+        #[inline] fn push_back(v: &mut FreeList, i: u16) { v.push_back(i) }
+        #[inline] fn push_front(v: &mut FreeList, i: u16) { v.push_front(i) }
+        #[inline] fn park(v: &mut Parked, i: u16) { v.push(i) }
     } else {
         type Entries = heapless::Vec<Entry, { config::FRONTEND_POOL_GRANTS }>;
         type FreeList = heapless::Deque<u16, { config::FRONTEND_POOL_GRANTS }>;
@@ -49,9 +49,9 @@ cfg_if::cfg_if! {
         fn push_entry(v: &mut Entries, e: Entry) -> bool { v.push(e).is_ok() }
         // The free list and the parked list hold at most CAPACITY distinct indices, so
         // these pushes cannot overflow.
-        fn push_back(v: &mut FreeList, i: u16) { let _ = v.push_back(i); }
-        fn push_front(v: &mut FreeList, i: u16) { let _ = v.push_front(i); }
-        fn park(v: &mut Parked, i: u16) { let _ = v.push(i); }
+        #[inline] fn push_back(v: &mut FreeList, i: u16) { let _ = v.push_back(i); }
+        #[inline] fn push_front(v: &mut FreeList, i: u16) { let _ = v.push_front(i); }
+        #[inline] fn park(v: &mut Parked, i: u16) { let _ = v.push(i); }
     }
 }
 
@@ -136,13 +136,36 @@ impl FrontPool {
     }
 
     /// Pages that could be handed out now without exceeding the limit.
+    #[inline]
     pub fn available(&self) -> usize {
         self.free.len() + (self.limit.saturating_sub(self.entries.len()))
     }
 
     /// Takes a page granted to the peer (read-only if `readonly`), LIFO.
+    #[inline(always)]
     pub fn get<P: FrontendPlatform>(&mut self, plat: &mut P, readonly: bool) -> Result<u16, PoolError> {
-        let idx = match self.free.pop_front() {
+        let idx = self.free.pop_front();
+        // The common case (the head of the free list kept granted to this peer with this
+        // permission): nothing to prepare.
+        if let Some(i) = idx
+            && self.is_ready(plat, i, readonly)
+        {
+            self.entries[i as usize].busy = true;
+            return Ok(i);
+        }
+        self.get_slow(plat, idx, readonly)
+    }
+
+    /// [`get`](Self::get) of `idx` (already taken off the free list) when it needs
+    /// preparing, or of a new entry when the free list was empty (`idx` None).
+    #[inline(never)]
+    fn get_slow<P: FrontendPlatform>(
+        &mut self,
+        plat: &mut P,
+        idx: Option<u16>,
+        readonly: bool,
+    ) -> Result<u16, PoolError> {
+        let idx = match idx {
             Some(i) => i,
             None => {
                 if self.entries.len() >= self.limit {
@@ -171,6 +194,17 @@ impl FrontPool {
         }
     }
 
+    /// Whether [`prepare`](Self::prepare) has nothing to do for `idx`: the page exists and
+    /// is granted to the current peer with the permission `prepare` would choose.
+    #[inline]
+    fn is_ready<P: FrontendPlatform>(&self, plat: &P, idx: u16, readonly: bool) -> bool {
+        let readonly = readonly && plat.observes_mappings();
+        self.entries
+            .get(idx as usize)
+            .is_some_and(|e| e.page.is_some() && e.gref.is_some() && e.peer == self.peer && e.readonly == readonly)
+    }
+
+    #[inline(never)]
     fn prepare<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, readonly: bool) -> Result<(), PoolError> {
         // A board that cannot see mappings grants read-write only: a permission change would
         // end a grant the backend may still cache.
@@ -239,6 +273,7 @@ impl FrontPool {
     }
 
     /// The page behind `idx`.
+    #[inline]
     pub fn page(&self, idx: u16) -> SharedMem {
         match self.entries.get(idx as usize).and_then(|e| e.page) {
             Some(p) => p.mem,
@@ -247,6 +282,7 @@ impl FrontPool {
     }
 
     /// The grant of `idx` (valid between [`get`](Self::get) and [`put`](Self::put)).
+    #[inline]
     pub fn gref(&self, idx: u16) -> GrantRef {
         self.entries.get(idx as usize).and_then(|e| e.gref).unwrap_or(GrantRef(u32::MAX))
     }
@@ -258,7 +294,25 @@ impl FrontPool {
     /// persistence the grant is ended, and a page the backend still maps is parked.
     ///
     /// [`release_all`]: Self::release_all
+    #[inline]
     pub fn put<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, persistent: bool) -> Result<(), PoolError> {
+        // The common case (persistence, a granted page handed out): the path of `put_slow`
+        // for it, inline.
+        if persistent
+            && let Some(e) = self.entries.get_mut(idx as usize)
+            && e.busy
+            && e.gref.is_some()
+        {
+            e.busy = false;
+            self.stats.kept_granted += 1;
+            push_front(&mut self.free, idx);
+            return Ok(());
+        }
+        self.put_slow(plat, idx, persistent)
+    }
+
+    #[inline(never)]
+    fn put_slow<P: FrontendPlatform>(&mut self, plat: &mut P, idx: u16, persistent: bool) -> Result<(), PoolError> {
         let Some(e) = self.entries.get_mut(idx as usize) else { return Ok(()) };
         if !e.busy {
             // Returned twice: ignore rather than corrupt the free list.
@@ -311,6 +365,9 @@ impl FrontPool {
         idx: u16,
         readonly: bool,
     ) -> Result<(), PoolError> {
+        if self.is_ready(plat, idx, readonly) {
+            return Ok(());
+        }
         self.prepare(plat, idx, readonly)
     }
 

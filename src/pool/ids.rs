@@ -36,6 +36,7 @@ impl IdTable {
     }
 
     /// Takes the lowest free id (a word at a time: this runs once per request).
+    #[inline]
     pub fn alloc(&mut self) -> Option<u16> {
         if self.used >= self.limit {
             return None;
@@ -49,22 +50,27 @@ impl IdTable {
         if i >= self.limit {
             return None;
         }
-        self.bits.set(i, true);
+        // Lsb0 over u32 words: bit `i` is bit `i % 32` of word `i / 32`.
+        self.bits.as_raw_mut_slice()[i / 32] |= 1 << (i % 32);
         self.used += 1;
         Some(i as u16)
     }
 
     /// Whether `id` (as echoed by a peer) is a valid in-flight id.
+    #[inline]
     pub fn is_in_flight(&self, id: u64) -> bool {
-        (id as usize) < self.limit && id < MAX_IDS as u64 && self.bits[id as usize]
+        // `limit <= MAX_IDS`, so a valid id indexes the bitmap; compared as u64 so that no
+        // high bits are cut off on a 32-bit target.
+        id < self.limit as u64 && self.bits.as_raw_slice()[id as usize / 32] & (1 << (id % 32)) != 0
     }
 
     /// Releases `id`; `false` if it was not in flight (a duplicate or unknown response).
+    #[inline]
     pub fn free(&mut self, id: u64) -> bool {
         if !self.is_in_flight(id) {
             return false;
         }
-        self.bits.set(id as usize, false);
+        self.bits.as_raw_mut_slice()[id as usize / 32] &= !(1 << (id % 32));
         self.used -= 1;
         true
     }

@@ -479,34 +479,87 @@ impl SlotImage {
 /// Segment lists longer than the wire allows are a caller bug and are truncated to what fits
 /// (the frontend never builds them).
 pub fn encode_request(abi: Abi, req: &Request) -> SlotImage {
-    let l = abi.layout();
     let mut b = [0u8; MAX_SLOT_BYTES];
+    let len = encode_request_into(abi, req, &mut b);
+    SlotImage { bytes: b, len }
+}
+
+/// [`encode_request`] into a zeroed buffer the caller owns (the ring encodes in place, with
+/// no image to move); returns the image's length (the ABI's request size).
+#[inline]
+pub(crate) fn encode_request_into(abi: Abi, req: &Request, b: &mut [u8; MAX_SLOT_BYTES]) -> usize {
+    // Each arm sees its layout as constants (offsets folded, bounds checks gone).
+    match abi {
+        Abi::X86_64 => encode_request_as(Abi::X86_64.layout(), req, b),
+        Abi::X86_32 => encode_request_as(Abi::X86_32.layout(), req, b),
+    }
+}
+
+/// The read/write-class case of [`encode_request_into`] from its fields (no [`Request`] to
+/// build): `segs` beyond 11 are cut off, as [`SegList`] cannot hold them anyway.
+#[inline]
+pub(crate) fn encode_rw_request_into(
+    abi: Abi,
+    id: u64,
+    handle: u16,
+    sector: u64,
+    op: RwOp,
+    segs: &[Segment],
+    b: &mut [u8; MAX_SLOT_BYTES],
+) -> usize {
+    match abi {
+        Abi::X86_64 => encode_rw_as(Abi::X86_64.layout(), id, handle, sector, op, segs, b),
+        Abi::X86_32 => encode_rw_as(Abi::X86_32.layout(), id, handle, sector, op, segs, b),
+    }
+}
+
+#[inline(always)]
+fn encode_rw_as(
+    l: Layout,
+    id: u64,
+    handle: u16,
+    sector: u64,
+    op: RwOp,
+    segs: &[Segment],
+    b: &mut [u8; MAX_SLOT_BYTES],
+) -> usize {
+    let segs = &segs[..segs.len().min(MAX_SEGMENTS_PER_REQUEST)];
+    b[0] = op.code();
+    b[1] = segs.len() as u8;
+    wr(b, 2, &handle.to_le_bytes());
+    wr(b, l.req_id, &id.to_le_bytes());
+    wr(b, l.req_sector, &sector.to_le_bytes());
+    for (i, s) in segs.iter().enumerate() {
+        wr(b, l.req_seg + 8 * i, &s.encode());
+    }
+    l.request
+}
+
+#[inline(always)]
+fn encode_request_as(l: Layout, req: &Request, b: &mut [u8; MAX_SLOT_BYTES]) -> usize {
+    if let ReqKind::Rw { op, segs } = &req.kind {
+        return encode_rw_as(l, req.id, req.handle, req.sector, *op, segs, b);
+    }
     b[0] = req.op_code();
-    wr(&mut b, l.req_id, &req.id.to_le_bytes());
-    wr(&mut b, l.req_sector, &req.sector.to_le_bytes());
+    wr(b, l.req_id, &req.id.to_le_bytes());
+    wr(b, l.req_sector, &req.sector.to_le_bytes());
     match &req.kind {
-        ReqKind::Rw { segs, .. } => {
-            b[1] = segs.len() as u8;
-            wr(&mut b, 2, &req.handle.to_le_bytes());
-            for (i, s) in segs.iter().enumerate() {
-                wr(&mut b, l.req_seg + 8 * i, &s.encode());
-            }
-        }
+        ReqKind::Rw { .. } => {}
         ReqKind::Discard { secure, nr_sectors } => {
             b[1] = if *secure { DISCARD_FLAG_SECURE } else { 0 };
-            wr(&mut b, 2, &req.handle.to_le_bytes());
-            wr(&mut b, l.discard_nr_sectors, &nr_sectors.to_le_bytes());
+            wr(b, 2, &req.handle.to_le_bytes());
+            wr(b, l.discard_nr_sectors, &nr_sectors.to_le_bytes());
         }
         ReqKind::Indirect { op, nr_segments, pages } => {
             b[1] = op.code();
-            wr(&mut b, 2, &nr_segments.to_le_bytes());
-            wr(&mut b, l.indirect_handle, &req.handle.to_le_bytes());
+            wr(b, 2, &nr_segments.to_le_bytes());
+            wr(b, l.indirect_handle, &req.handle.to_le_bytes());
             for (i, g) in pages.iter().enumerate() {
-                wr(&mut b, l.indirect_grefs + 4 * i, &g.to_le_bytes());
+                wr(b, l.indirect_grefs + 4 * i, &g.to_le_bytes());
             }
         }
     }
-    SlotImage { bytes: b, len: l.request }
+    l.request
 }
 
 /// A response in native form.
