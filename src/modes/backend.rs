@@ -23,12 +23,12 @@
 //! will (teardown is idempotent).
 
 use crate::config;
-use crate::modes::storage::{Storage, StorageError};
+use crate::modes::storage::{Storage, StorageError, StorageInfo};
 use crate::platform::{BackendPlatform, CopyOp, CopyPtr, MapRequest, Mapping, Page, PlatformError, Port, Tx};
 use crate::pool::back::{GrantBudget, GrantCache, Slot};
 use crate::proto::blkif::{
-    self, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, RejectReason, ReqKind, Request, Response, RwOp, SECTOR_SIZE,
-    SEGMENTS_PER_INDIRECT_PAGE, Segment,
+    self, HeadKind, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, RejectReason, RequestHead, Response, RwOp,
+    SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE, Segment,
 };
 use crate::proto::grant::{DomId, GntStatus, GrantRef};
 use crate::proto::ring::{BackRing, PAGE_SIZE};
@@ -257,7 +257,10 @@ pub struct Backend<S: Storage> {
     watch_token: u32,
     bounce: heapless::Vec<Page, CHUNK>,
     indirect_buf: [u8; PAGE_SIZE],
-    segs: heapless::Vec<Segment, MAX_BACKEND_SEGMENTS>,
+    /// The segments of the request being served: `segs[..nsegs]` (direct segments are
+    /// decoded straight into it, indirect ones loaded from the indirect pages).
+    segs: [Segment; MAX_BACKEND_SEGMENTS],
+    nsegs: usize,
 }
 
 /// Why a backend could not start.
@@ -324,7 +327,8 @@ impl<S: Storage> Backend<S> {
             watch_token,
             bounce: heapless::Vec::new(),
             indirect_buf: [0; PAGE_SIZE],
-            segs: heapless::Vec::new(),
+            segs: [Segment::default(); MAX_BACKEND_SEGMENTS],
+            nsegs: 0,
         };
         for _ in 0..MAX_QUEUES {
             let _ = b.caches.push(GrantCache::new(cfg.max_grants));
@@ -802,7 +806,9 @@ impl<S: Storage> Backend<S> {
             let max_ind = self.cfg.max_indirect_segments.min(MAX_BACKEND_SEGMENTS);
             for _ in 0..avail {
                 let Some(c) = self.conn.as_mut() else { return (done, false) };
-                let req = c.queues[q].ring.take_request_unchecked(max_ind);
+                // Direct segments are decoded straight into `segs` (no segment list built
+                // and copied again).
+                let req = c.queues[q].ring.take_request_into(max_ind, &mut self.segs);
                 let rsp = match req {
                     Ok(r) => {
                         let status = self.serve(plat, &r);
@@ -811,7 +817,7 @@ impl<S: Storage> Backend<S> {
                         // device otherwise ("response has wrong operation (6 instead of 1)",
                         // seen on the Xen rig, boards/linux/NOTES.md).
                         let op = match r.kind {
-                            ReqKind::Indirect { op, .. } => op.code(),
+                            HeadKind::Indirect { op, .. } => op.code(),
                             _ => r.op_code(),
                         };
                         Response { id: r.id, op, status }
@@ -871,11 +877,11 @@ impl<S: Storage> Backend<S> {
     }
 
     /// Keeps `r` (on the queue being served) as the last failure, with the noted cause.
-    fn record_failure(&mut self, r: &Request, status: i16) {
+    fn record_failure(&mut self, r: &RequestHead, status: i16) {
         let (indirect_op, count) = match &r.kind {
-            ReqKind::Discard { nr_sectors, .. } => (None, *nr_sectors),
-            ReqKind::Rw { segs, .. } => (None, segs.len() as u64),
-            ReqKind::Indirect { op, nr_segments, .. } => (Some(op.code()), *nr_segments as u64),
+            HeadKind::Discard { nr_sectors, .. } => (None, *nr_sectors),
+            HeadKind::Rw { nr_segments, .. } => (None, *nr_segments as u64),
+            HeadKind::Indirect { op, nr_segments, .. } => (Some(op.code()), *nr_segments as u64),
         };
         self.last_failure = Some(FailedRequest {
             queue: self.cur as u16,
@@ -912,10 +918,12 @@ impl<S: Storage> Backend<S> {
         }
     }
 
-    fn serve<P: BackendPlatform>(&mut self, plat: &mut P, r: &Request) -> i16 {
+    /// Serves one decoded request; the direct segments of a read/write-class one are already
+    /// in `segs`.
+    fn serve<P: BackendPlatform>(&mut self, plat: &mut P, r: &RequestHead) -> i16 {
         let info = self.storage.info();
         let status = match &r.kind {
-            ReqKind::Discard { secure, nr_sectors } => {
+            HeadKind::Discard { secure, nr_sectors } => {
                 if !self.discard_offered || (*secure && !info.discard_secure) {
                     RSP_EOPNOTSUPP
                 } else if info.read_only {
@@ -927,16 +935,13 @@ impl<S: Storage> Backend<S> {
                     self.storage_status(r)
                 }
             }
-            ReqKind::Rw { op, segs } => {
-                self.segs.clear();
-                for s in segs {
-                    let _ = self.segs.push(*s);
-                }
-                self.serve_rw(plat, *op, r.sector)
+            HeadKind::Rw { op, nr_segments } => {
+                self.nsegs = *nr_segments as usize;
+                self.serve_rw(plat, *op, r.sector, &info)
             }
-            ReqKind::Indirect { op, nr_segments, pages } => {
-                match self.load_indirect(plat, *nr_segments as usize, pages) {
-                    Ok(()) => self.serve_rw(plat, *op, r.sector),
+            HeadKind::Indirect { op, nr_segments, .. } => {
+                match self.load_indirect(plat, *nr_segments as usize, r.kind.indirect_pages()) {
+                    Ok(()) => self.serve_rw(plat, *op, r.sector, &info),
                     Err(()) => self.fail(FailCause::IndirectPages),
                 }
             }
@@ -954,7 +959,8 @@ impl<S: Storage> Backend<S> {
 
     /// Copies each indirect page once into private memory and decodes its segments.
     fn load_indirect<P: BackendPlatform>(&mut self, plat: &mut P, n: usize, pages: &[u32]) -> Result<(), ()> {
-        self.segs.clear();
+        self.nsegs = 0;
+        let mut loaded = 0;
         if n > MAX_BACKEND_SEGMENTS {
             return Err(());
         }
@@ -983,14 +989,15 @@ impl<S: Storage> Backend<S> {
             for k in 0..count {
                 match blkif::decode_indirect_segment(&self.indirect_buf[..count * 8], k) {
                     Some(s) => {
-                        if self.segs.push(s).is_err() {
-                            return Err(());
-                        }
+                        let Some(slot) = self.segs.get_mut(loaded) else { return Err(()) };
+                        *slot = s;
+                        loaded += 1;
                     }
                     None => return Err(()),
                 }
             }
         }
+        self.nsegs = loaded;
         Ok(())
     }
 
@@ -1060,10 +1067,11 @@ impl<S: Storage> Backend<S> {
         }
     }
 
-    fn serve_rw<P: BackendPlatform>(&mut self, plat: &mut P, op: RwOp, sector: u64) -> i16 {
-        let info = self.storage.info();
+    /// Serves the read/write-class request whose segments are `segs[..nsegs]`; `info` is the
+    /// storage's, read once for the request.
+    fn serve_rw<P: BackendPlatform>(&mut self, plat: &mut P, op: RwOp, sector: u64, info: &StorageInfo) -> i16 {
         let write = op.is_write();
-        let nsect: u64 = self.segs.iter().map(|s| s.sectors() as u64).sum();
+        let nsect: u64 = self.segs[..self.nsegs].iter().map(|s| s.sectors() as u64).sum();
         // FLUSH_DISKCACHE is only valid when `feature-flush-cache` was offered.
         if op == RwOp::Flush && !info.flush {
             return RSP_EOPNOTSUPP;
@@ -1092,7 +1100,7 @@ impl<S: Storage> Backend<S> {
         }
         let mut status = RSP_OKAY;
         let mut disk = sector;
-        let total = self.segs.len();
+        let total = self.nsegs;
         let mut i = 0;
         while i < total {
             let end = (i + CHUNK).min(total);
@@ -1126,11 +1134,36 @@ impl<S: Storage> Backend<S> {
         mut disk: u64,
     ) -> i16 {
         let persistent = self.persistent();
+        // Fast path, the steady state of a persistent frontend: one segment whose grant is
+        // cached. The same steps as below (look up, move the data, release), without the
+        // batch bookkeeping. On a miss the general path goes on without a second lookup.
+        let mut first_missed = false;
+        if persistent && to == from + 1 {
+            let s = self.segs[from];
+            match self.caches[self.cur].get(GrantRef(s.gref), self.now_ms) {
+                Some((slot, m)) => {
+                    let region = m.mem.slice(s.offset(), s.len());
+                    let r = if write { self.storage.write(disk, region) } else { self.storage.read(disk, region) };
+                    let status = if r.is_err() {
+                        self.storage_status(r)
+                    } else {
+                        self.stats.bytes += s.len() as u64;
+                        RSP_OKAY
+                    };
+                    self.caches[self.cur].release(slot);
+                    return status;
+                }
+                None => first_missed = true,
+            }
+        }
         let mut segs: heapless::Vec<Seg, CHUNK> = heapless::Vec::new();
         let mut misses: heapless::Vec<MapRequest, CHUNK> = heapless::Vec::new();
-        for s in &self.segs[from..to] {
+        for (k, s) in self.segs[from..to].iter().enumerate() {
             let mut e = Seg { seg: *s, map: None, slot: None, transient: true };
-            if persistent && let Some((slot, map)) = self.caches[self.cur].get(GrantRef(s.gref), self.now_ms) {
+            if persistent
+                && !(k == 0 && first_missed)
+                && let Some((slot, map)) = self.caches[self.cur].get(GrantRef(s.gref), self.now_ms)
+            {
                 e.map = Some(map);
                 e.slot = Some(slot);
                 e.transient = false;
