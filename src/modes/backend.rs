@@ -27,7 +27,7 @@ use crate::modes::storage::{Storage, StorageError, StorageInfo};
 use crate::platform::{BackendPlatform, CopyOp, CopyPtr, MapRequest, Mapping, Page, PlatformError, Port, Tx};
 use crate::pool::back::{GrantBudget, GrantCache, Slot};
 use crate::proto::blkif::{
-    self, HeadKind, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, RejectReason, RequestHead, Response, RwOp,
+    self, HeadKind, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, RejectReason, Rejected, RequestHead, Response, RwOp,
     SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE, Segment,
 };
 use crate::proto::grant::{DomId, GntStatus, GrantRef};
@@ -811,7 +811,7 @@ impl<S: Storage> Backend<S> {
                 let req = c.queues[q].ring.take_request_into(max_ind, &mut self.segs);
                 let rsp = match req {
                     Ok(r) => {
-                        let status = self.serve(plat, &r);
+                        let status = self.serve(plat, r);
                         // An indirect request is answered with its indirect_op: Linux
                         // blkfront (6.1) checks `operation == indirect_op` and disables the
                         // device otherwise ("response has wrong operation (6 instead of 1)",
@@ -822,23 +822,7 @@ impl<S: Storage> Backend<S> {
                         };
                         Response { id: r.id, op, status }
                     }
-                    Err(rej) => {
-                        if rej.reason == RejectReason::UnknownOp {
-                            self.stats.unsupported += 1;
-                        } else {
-                            self.stats.errors += 1;
-                            self.last_failure = Some(FailedRequest {
-                                queue: q as u16,
-                                op: rej.op,
-                                indirect_op: None,
-                                sector: 0,
-                                count: 0,
-                                status: rej.status(),
-                                cause: FailCause::Rejected(rej.reason),
-                            });
-                        }
-                        Response { id: rej.id, op: rej.op, status: rej.status() }
-                    }
+                    Err(rej) => self.rejected(q, &rej),
                 };
                 self.stats.requests += 1;
                 self.per_queue[q] += 1;
@@ -876,7 +860,31 @@ impl<S: Storage> Backend<S> {
         (done, false)
     }
 
+    /// Counts a request that failed validation (and keeps it as the last failure unless it
+    /// was only an unknown operation); returns its answer.
+    #[cold]
+    #[inline(never)]
+    fn rejected(&mut self, q: usize, rej: &Rejected) -> Response {
+        if rej.reason == RejectReason::UnknownOp {
+            self.stats.unsupported += 1;
+        } else {
+            self.stats.errors += 1;
+            self.last_failure = Some(FailedRequest {
+                queue: q as u16,
+                op: rej.op,
+                indirect_op: None,
+                sector: 0,
+                count: 0,
+                status: rej.status(),
+                cause: FailCause::Rejected(rej.reason),
+            });
+        }
+        Response { id: rej.id, op: rej.op, status: rej.status() }
+    }
+
     /// Keeps `r` (on the queue being served) as the last failure, with the noted cause.
+    #[cold]
+    #[inline(never)]
     fn record_failure(&mut self, r: &RequestHead, status: i16) {
         let (indirect_op, count) = match &r.kind {
             HeadKind::Discard { nr_sectors, .. } => (None, *nr_sectors),
@@ -920,44 +928,51 @@ impl<S: Storage> Backend<S> {
 
     /// Serves one decoded request; the direct segments of a read/write-class one are already
     /// in `segs`.
-    fn serve<P: BackendPlatform>(&mut self, plat: &mut P, r: &RequestHead) -> i16 {
+    fn serve<P: BackendPlatform>(&mut self, plat: &mut P, r: RequestHead) -> i16 {
         let info = self.storage.info();
-        let status = match &r.kind {
+        // Read/write-class requests (direct or indirect) have their segments in `segs`, then
+        // share one serve_rw.
+        let rw = match r.kind {
             HeadKind::Discard { secure, nr_sectors } => {
-                if !self.discard_offered || (*secure && !info.discard_secure) {
+                Err(if !self.discard_offered || (secure && !info.discard_secure) {
                     RSP_EOPNOTSUPP
                 } else if info.read_only {
                     self.fail(FailCause::ReadOnly)
-                } else if r.sector.checked_add(*nr_sectors).is_none_or(|end| end > info.sectors) {
+                } else if r.sector.checked_add(nr_sectors).is_none_or(|end| end > info.sectors) {
                     self.fail(FailCause::OutOfRange)
                 } else {
-                    let r = self.storage.discard(r.sector, *nr_sectors, *secure);
-                    self.storage_status(r)
-                }
+                    let st = self.storage.discard(r.sector, nr_sectors, secure);
+                    self.storage_status(st)
+                })
             }
             HeadKind::Rw { op, nr_segments } => {
-                self.nsegs = *nr_segments as usize;
-                self.serve_rw(plat, *op, r.sector, &info)
+                self.nsegs = nr_segments as usize;
+                Ok(op)
             }
             HeadKind::Indirect { op, nr_segments, .. } => {
-                match self.load_indirect(plat, *nr_segments as usize, r.kind.indirect_pages()) {
-                    Ok(()) => self.serve_rw(plat, *op, r.sector, &info),
-                    Err(()) => self.fail(FailCause::IndirectPages),
+                match self.load_indirect(plat, nr_segments as usize, r.kind.indirect_pages()) {
+                    Ok(()) => Ok(op),
+                    Err(()) => Err(self.fail(FailCause::IndirectPages)),
                 }
             }
+        };
+        let status = match rw {
+            Ok(op) => self.serve_rw(plat, op, r.sector, &info),
+            Err(status) => status,
         };
         match status {
             RSP_OKAY => {}
             RSP_EOPNOTSUPP => self.stats.unsupported += 1,
             _ => {
                 self.stats.errors += 1;
-                self.record_failure(r, status);
+                self.record_failure(&r, status);
             }
         }
         status
     }
 
     /// Copies each indirect page once into private memory and decodes its segments.
+    #[inline(never)]
     fn load_indirect<P: BackendPlatform>(&mut self, plat: &mut P, n: usize, pages: &[u32]) -> Result<(), ()> {
         self.nsegs = 0;
         let mut loaded = 0;
@@ -1069,6 +1084,7 @@ impl<S: Storage> Backend<S> {
 
     /// Serves the read/write-class request whose segments are `segs[..nsegs]`; `info` is the
     /// storage's, read once for the request.
+    #[inline(always)]
     fn serve_rw<P: BackendPlatform>(&mut self, plat: &mut P, op: RwOp, sector: u64, info: &StorageInfo) -> i16 {
         let write = op.is_write();
         let nsect: u64 = self.segs[..self.nsegs].iter().map(|s| s.sectors() as u64).sum();
@@ -1125,14 +1141,7 @@ impl<S: Storage> Backend<S> {
         status
     }
 
-    fn chunk_map<P: BackendPlatform>(
-        &mut self,
-        plat: &mut P,
-        write: bool,
-        from: usize,
-        to: usize,
-        mut disk: u64,
-    ) -> i16 {
+    fn chunk_map<P: BackendPlatform>(&mut self, plat: &mut P, write: bool, from: usize, to: usize, disk: u64) -> i16 {
         let persistent = self.persistent();
         // Fast path, the steady state of a persistent frontend: one segment whose grant is
         // cached. The same steps as below (look up, move the data, release), without the
@@ -1156,6 +1165,23 @@ impl<S: Storage> Backend<S> {
                 None => first_missed = true,
             }
         }
+        self.chunk_map_batch(plat, write, from, to, disk, first_missed)
+    }
+
+    /// [`chunk_map`](Self::chunk_map) for any number of segments: cache lookups (skipped for
+    /// the first segment when `first_missed`: it was looked up already), one batch of maps
+    /// for the misses, the data, then releases and one batch of unmaps.
+    #[inline(never)]
+    fn chunk_map_batch<P: BackendPlatform>(
+        &mut self,
+        plat: &mut P,
+        write: bool,
+        from: usize,
+        to: usize,
+        mut disk: u64,
+        first_missed: bool,
+    ) -> i16 {
+        let persistent = self.persistent();
         let mut segs: heapless::Vec<Seg, CHUNK> = heapless::Vec::new();
         let mut misses: heapless::Vec<MapRequest, CHUNK> = heapless::Vec::new();
         for (k, s) in self.segs[from..to].iter().enumerate() {
@@ -1241,6 +1267,7 @@ impl<S: Storage> Backend<S> {
         status
     }
 
+    #[inline(never)]
     fn chunk_copy<P: BackendPlatform>(
         &mut self,
         plat: &mut P,

@@ -576,6 +576,18 @@ pub fn decode_request_into(
     }
 }
 
+/// The image [`encode_response`] builds, as a fixed 16-byte array: the layout is the same in
+/// both ABIs (`id` @0, `operation` @8, `status` @10, padding zero); an x86_32 response is its
+/// first 12 bytes. For the backend's response path, which stores it with fixed-size writes.
+#[inline]
+pub fn response_image(rsp: &Response) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&rsp.id.to_le_bytes());
+    b[8] = rsp.op;
+    b[10..12].copy_from_slice(&rsp.status.to_le_bytes());
+    b
+}
+
 /// Decodes and validates segment `index` of a private copy of an indirect page.
 pub fn decode_indirect_segment(page: &[u8], index: usize) -> Option<Segment> {
     let o = index.checked_mul(8)?;
@@ -813,6 +825,20 @@ mod tests {
         let mut three = [Segment::default(); 3];
         let h = decode_request_into(Abi::X86_64, img.as_bytes(), 0, &mut three).unwrap();
         assert_eq!(h.into_request(&three), r);
+    }
+
+    #[test]
+    fn response_image_is_the_encoded_response() {
+        for rsp in [
+            Response { id: u64::MAX, op: 1, status: -1 },
+            Response { id: 0x0102_0304_0506_0708, op: 6, status: -2 },
+            Response { id: 0, op: 0, status: 0 },
+        ] {
+            for abi in [Abi::X86_64, Abi::X86_32] {
+                let n = abi.layout().response;
+                assert_eq!(&response_image(&rsp)[..n], encode_response(abi, &rsp).as_bytes());
+            }
+        }
     }
 
     #[test]

@@ -338,14 +338,14 @@ impl BackRing {
         if self.req_cons.wrapping_sub(self.rsp_prod_pvt) == 0 {
             return false;
         }
-        let img = encode_response(self.abi, rsp);
         let off = slot_off(self.size, self.abi.entry_size(), self.rsp_prod_pvt);
-        // The same bytes as `write_bytes(off, img.as_bytes())`, in fixed-size stores.
-        let b = img.as_bytes();
-        match (b.len(), b.first_chunk::<16>(), b.first_chunk::<12>()) {
-            (16, Some(w), _) => self.mem.write_array(off, w),
-            (12, _, Some(w)) => self.mem.write_array(off, w),
-            _ => self.mem.write_bytes(off, b),
+        // The bytes of `encode_response(self.abi, rsp)`, in fixed-size stores.
+        let img = super::blkif::response_image(rsp);
+        debug_assert_eq!(&img[..self.abi.layout().response], encode_response(self.abi, rsp).as_bytes());
+        match (self.abi, img.first_chunk::<12>()) {
+            (Abi::X86_64, _) => self.mem.write_array(off, &img),
+            (Abi::X86_32, Some(w)) => self.mem.write_array(off, w),
+            (Abi::X86_32, None) => self.mem.write_bytes(off, &img[..self.abi.layout().response]),
         }
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
         true
