@@ -1129,8 +1129,10 @@ impl<S: Storage> Backend<S> {
                 status = st;
                 break;
             }
-            for s in &self.segs[i..end] {
-                disk += s.sectors() as u64;
+            if end < total {
+                for s in &self.segs[i..end] {
+                    disk += s.sectors() as u64;
+                }
             }
             i = end;
         }
@@ -1149,18 +1151,17 @@ impl<S: Storage> Backend<S> {
         let mut first_missed = false;
         if persistent && to == from + 1 {
             let s = self.segs[from];
-            match self.caches[self.cur].get(GrantRef(s.gref), self.now_ms) {
+            let cache = &mut self.caches[self.cur];
+            match cache.get(GrantRef(s.gref), self.now_ms) {
                 Some((slot, m)) => {
                     let region = m.mem.slice(s.offset(), s.len());
                     let r = if write { self.storage.write(disk, region) } else { self.storage.read(disk, region) };
-                    let status = if r.is_err() {
-                        self.storage_status(r)
-                    } else {
-                        self.stats.bytes += s.len() as u64;
-                        RSP_OKAY
-                    };
-                    self.caches[self.cur].release(slot);
-                    return status;
+                    cache.release(slot);
+                    if r.is_err() {
+                        return self.storage_status(r);
+                    }
+                    self.stats.bytes += s.len() as u64;
+                    return RSP_OKAY;
                 }
                 None => first_missed = true,
             }

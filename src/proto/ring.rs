@@ -315,17 +315,23 @@ impl BackRing {
         }
         // The bytes after the header are chosen from the private copy of it.
         let end = super::blkif::request_extent(self.abi, head[0], head[1]).min(l.request);
-        let mut chunks = rest[..end - hdr].chunks_exact_mut(8);
-        let mut o = off + hdr;
-        for c in &mut chunks {
-            if let Some(c) = c.first_chunk_mut::<8>() {
-                self.mem.read_into(o, c);
+        let rest = &mut rest[..end - hdr];
+        if let Ok(one) = <&mut [u8; 8]>::try_from(&mut *rest) {
+            // One segment (the common 4 KiB request) or a discard body on x86_64.
+            self.mem.read_into(off + hdr, one);
+        } else {
+            let mut chunks = rest.chunks_exact_mut(8);
+            let mut o = off + hdr;
+            for c in &mut chunks {
+                if let Some(c) = c.first_chunk_mut::<8>() {
+                    self.mem.read_into(o, c);
+                }
+                o += 8;
             }
-            o += 8;
-        }
-        let tail = chunks.into_remainder();
-        if !tail.is_empty() {
-            self.mem.read_bytes(o, tail);
+            let tail = chunks.into_remainder();
+            if !tail.is_empty() {
+                self.mem.read_bytes(o, tail);
+            }
         }
         l.request
     }

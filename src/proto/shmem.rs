@@ -99,6 +99,7 @@ impl SharedMem {
     }
 
     /// A sub-region `off..off+len`.
+    #[inline]
     #[track_caller]
     pub fn slice(&self, off: usize, len: usize) -> SharedMem {
         self.check(off, len);
