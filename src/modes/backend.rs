@@ -882,24 +882,14 @@ impl<S: Storage> Backend<S> {
         Response { id: rej.id, op: rej.op, status: rej.status() }
     }
 
-    /// Keeps `r` (on the queue being served) as the last failure, with the noted cause.
+    /// Keeps the request being served (on the current queue) as the last failure, with the
+    /// noted cause. Takes the request's fields, not a reference to it: a reference would make
+    /// the request loop keep every decoded request in memory for this rare call.
     #[cold]
     #[inline(never)]
-    fn record_failure(&mut self, r: &RequestHead, status: i16) {
-        let (indirect_op, count) = match &r.kind {
-            HeadKind::Discard { nr_sectors, .. } => (None, *nr_sectors),
-            HeadKind::Rw { nr_segments, .. } => (None, *nr_segments as u64),
-            HeadKind::Indirect { op, nr_segments, .. } => (Some(op.code()), *nr_segments as u64),
-        };
-        self.last_failure = Some(FailedRequest {
-            queue: self.cur as u16,
-            op: r.op_code(),
-            indirect_op,
-            sector: r.sector,
-            count,
-            status,
-            cause: self.cause,
-        });
+    fn record_failure(&mut self, op: u8, indirect_op: Option<u8>, sector: u64, count: u64, status: i16) {
+        self.last_failure =
+            Some(FailedRequest { queue: self.cur as u16, op, indirect_op, sector, count, status, cause: self.cause });
     }
 
     /// Notes why the request being served fails; returns `RSP_ERROR`.
@@ -949,8 +939,9 @@ impl<S: Storage> Backend<S> {
                 self.nsegs = nr_segments as usize;
                 Ok(op)
             }
-            HeadKind::Indirect { op, nr_segments, .. } => {
-                match self.load_indirect(plat, nr_segments as usize, r.kind.indirect_pages()) {
+            HeadKind::Indirect { op, nr_segments, pages } => {
+                let npages = (nr_segments as usize).div_ceil(SEGMENTS_PER_INDIRECT_PAGE).min(pages.len());
+                match self.load_indirect(plat, nr_segments as usize, &pages[..npages]) {
                     Ok(()) => Ok(op),
                     Err(()) => Err(self.fail(FailCause::IndirectPages)),
                 }
@@ -965,7 +956,12 @@ impl<S: Storage> Backend<S> {
             RSP_EOPNOTSUPP => self.stats.unsupported += 1,
             _ => {
                 self.stats.errors += 1;
-                self.record_failure(&r, status);
+                let (indirect_op, count) = match r.kind {
+                    HeadKind::Discard { nr_sectors, .. } => (None, nr_sectors),
+                    HeadKind::Rw { nr_segments, .. } => (None, nr_segments as u64),
+                    HeadKind::Indirect { op, nr_segments, .. } => (Some(op.code()), nr_segments as u64),
+                };
+                self.record_failure(r.op_code(), indirect_op, r.sector, count, status);
             }
         }
         status
