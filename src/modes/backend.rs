@@ -15,7 +15,8 @@
 //! it completes. In [`DataPath::Copy`] mode nothing is mapped: the hypervisor copies between the
 //! frontend's page and a bounce page of ours (QEMU's way).
 //!
-//! Hostile frontends: each request is copied out of its slot once and validated on the copy;
+//! Hostile frontends: each request is copied out of its slot once (the bytes its header says
+//! it uses: header, then its segments or body) and validated on the copy;
 //! indirect pages are copied once into private memory before their segments are decoded; a
 //! bogus `req_prod` shuts this ring down (the backend then answers nothing more and waits for
 //! the frontend to close); a failed map fails only its request (and unmaps what was mapped);
