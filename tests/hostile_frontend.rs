@@ -595,6 +595,43 @@ fn xsa361_a_failed_map_fails_only_its_request() {
 }
 
 #[test]
+fn a_storage_error_on_a_cached_grant_fails_its_request_and_releases_the_grant() {
+    // Persistent, one segment, grant already cached: the backend's fast path.
+    let cfg = BackendConfig { grant_idle_ms: 1000, ..map_cfg() };
+    let mut r = Rig::new(cfg, true);
+    let (p, g) = r.page(0x44);
+    assert_eq!(r.one(slot(&rw_req(1, RwOp::Write, 8, &[seg(g, 0, 7)]))), RSP_OKAY);
+    assert_eq!(r.backs[0].cache().1, 1);
+    let hits = r.backs[0].cache().0.hits;
+    for (id, op) in [(2, RwOp::Read), (3, RwOp::Write)] {
+        r.disks[0].set_fault(Trigger::Always);
+        p.mem.copy_from_private(0, &[0x55; 4096]);
+        assert_eq!(r.one(slot(&rw_req(id, op, 16, &[seg(g, 0, 7)]))), RSP_ERROR, "{op:?}");
+        r.disks[0].set_fault(Trigger::Never);
+        let f = r.backs[0].last_failure().expect("a failure recorded");
+        assert_eq!(
+            (f.op, f.sector, f.count, f.status, f.cause),
+            (op.code(), 16, 1, RSP_ERROR, FailCause::Storage(StorageError::Io)),
+            "{f:?}"
+        );
+        assert!(Rig::read_page(&p).iter().all(|&x| x == 0x55), "a failed read wrote the page");
+    }
+    assert_eq!(r.backs[0].cache().0.hits, hits + 2, "the failed requests did not use the cached grant");
+    let mut d = vec![0u8; 4096];
+    r.disks[0].read_at(16 * 512, &mut d).unwrap();
+    assert!(d.iter().all(|&x| x == 0), "a failed write reached the disk");
+    // The grant was released by the failed requests: idle expiry (inactive entries only)
+    // unmaps it, and the frontend can end its access.
+    for b in r.backs.iter_mut() {
+        b.tick(&mut r.dom0, 5000);
+    }
+    assert_eq!(r.backs[0].cache().1, 0, "a failed request left its grant in use");
+    r.check_bounded();
+    r.guests[0].end_access(g).expect("the grant is still mapped");
+    r.victims_ok();
+}
+
+#[test]
 fn xsa365_failure_in_the_middle_of_a_batch_unmaps_every_other_element() {
     let mut r = Rig::new(map_cfg(), false);
     let pages: Vec<(Page, GrantRef)> = (0..11).map(|i| r.page(i as u8)).collect();

@@ -15,7 +15,8 @@
 //! it completes. In [`DataPath::Copy`] mode nothing is mapped: the hypervisor copies between the
 //! frontend's page and a bounce page of ours (QEMU's way).
 //!
-//! Hostile frontends: each request is copied out of its slot once and validated on the copy;
+//! Hostile frontends: each request is copied out of its slot once (the bytes its header says
+//! it uses: header, then its segments or body) and validated on the copy;
 //! indirect pages are copied once into private memory before their segments are decoded; a
 //! bogus `req_prod` shuts this ring down (the backend then answers nothing more and waits for
 //! the frontend to close); a failed map fails only its request (and unmaps what was mapped);
@@ -23,12 +24,12 @@
 //! will (teardown is idempotent).
 
 use crate::config;
-use crate::modes::storage::{Storage, StorageError};
+use crate::modes::storage::{Storage, StorageError, StorageInfo};
 use crate::platform::{BackendPlatform, CopyOp, CopyPtr, MapRequest, Mapping, Page, PlatformError, Port, Tx};
 use crate::pool::back::{GrantBudget, GrantCache, Slot};
 use crate::proto::blkif::{
-    self, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, RejectReason, ReqKind, Request, Response, RwOp, SECTOR_SIZE,
-    SEGMENTS_PER_INDIRECT_PAGE, Segment,
+    self, HeadKind, Protocol, RSP_EOPNOTSUPP, RSP_ERROR, RSP_OKAY, RejectReason, Rejected, RequestHead, Response, RwOp,
+    SECTOR_SIZE, SEGMENTS_PER_INDIRECT_PAGE, Segment,
 };
 use crate::proto::grant::{DomId, GntStatus, GrantRef};
 use crate::proto::ring::{BackRing, PAGE_SIZE};
@@ -257,7 +258,10 @@ pub struct Backend<S: Storage> {
     watch_token: u32,
     bounce: heapless::Vec<Page, CHUNK>,
     indirect_buf: [u8; PAGE_SIZE],
-    segs: heapless::Vec<Segment, MAX_BACKEND_SEGMENTS>,
+    /// The segments of the request being served: `segs[..nsegs]` (direct segments are
+    /// decoded straight into it, indirect ones loaded from the indirect pages).
+    segs: [Segment; MAX_BACKEND_SEGMENTS],
+    nsegs: usize,
 }
 
 /// Why a backend could not start.
@@ -324,7 +328,8 @@ impl<S: Storage> Backend<S> {
             watch_token,
             bounce: heapless::Vec::new(),
             indirect_buf: [0; PAGE_SIZE],
-            segs: heapless::Vec::new(),
+            segs: [Segment::default(); MAX_BACKEND_SEGMENTS],
+            nsegs: 0,
         };
         for _ in 0..MAX_QUEUES {
             let _ = b.caches.push(GrantCache::new(cfg.max_grants));
@@ -802,37 +807,23 @@ impl<S: Storage> Backend<S> {
             let max_ind = self.cfg.max_indirect_segments.min(MAX_BACKEND_SEGMENTS);
             for _ in 0..avail {
                 let Some(c) = self.conn.as_mut() else { return (done, false) };
-                let req = c.queues[q].ring.take_request_unchecked(max_ind);
+                // Direct segments are decoded straight into `segs` (no segment list built
+                // and copied again).
+                let req = c.queues[q].ring.take_request_into(max_ind, &mut self.segs);
                 let rsp = match req {
                     Ok(r) => {
-                        let status = self.serve(plat, &r);
+                        let status = self.serve(plat, r);
                         // An indirect request is answered with its indirect_op: Linux
                         // blkfront (6.1) checks `operation == indirect_op` and disables the
                         // device otherwise ("response has wrong operation (6 instead of 1)",
                         // seen on the Xen rig, boards/linux/NOTES.md).
                         let op = match r.kind {
-                            ReqKind::Indirect { op, .. } => op.code(),
+                            HeadKind::Indirect { op, .. } => op.code(),
                             _ => r.op_code(),
                         };
                         Response { id: r.id, op, status }
                     }
-                    Err(rej) => {
-                        if rej.reason == RejectReason::UnknownOp {
-                            self.stats.unsupported += 1;
-                        } else {
-                            self.stats.errors += 1;
-                            self.last_failure = Some(FailedRequest {
-                                queue: q as u16,
-                                op: rej.op,
-                                indirect_op: None,
-                                sector: 0,
-                                count: 0,
-                                status: rej.status(),
-                                cause: FailCause::Rejected(rej.reason),
-                            });
-                        }
-                        Response { id: rej.id, op: rej.op, status: rej.status() }
-                    }
+                    Err(rej) => self.rejected(q, &rej),
                 };
                 self.stats.requests += 1;
                 self.per_queue[q] += 1;
@@ -870,22 +861,36 @@ impl<S: Storage> Backend<S> {
         (done, false)
     }
 
-    /// Keeps `r` (on the queue being served) as the last failure, with the noted cause.
-    fn record_failure(&mut self, r: &Request, status: i16) {
-        let (indirect_op, count) = match &r.kind {
-            ReqKind::Discard { nr_sectors, .. } => (None, *nr_sectors),
-            ReqKind::Rw { segs, .. } => (None, segs.len() as u64),
-            ReqKind::Indirect { op, nr_segments, .. } => (Some(op.code()), *nr_segments as u64),
-        };
-        self.last_failure = Some(FailedRequest {
-            queue: self.cur as u16,
-            op: r.op_code(),
-            indirect_op,
-            sector: r.sector,
-            count,
-            status,
-            cause: self.cause,
-        });
+    /// Counts a request that failed validation (and keeps it as the last failure unless it
+    /// was only an unknown operation); returns its answer.
+    #[cold]
+    #[inline(never)]
+    fn rejected(&mut self, q: usize, rej: &Rejected) -> Response {
+        if rej.reason == RejectReason::UnknownOp {
+            self.stats.unsupported += 1;
+        } else {
+            self.stats.errors += 1;
+            self.last_failure = Some(FailedRequest {
+                queue: q as u16,
+                op: rej.op,
+                indirect_op: None,
+                sector: 0,
+                count: 0,
+                status: rej.status(),
+                cause: FailCause::Rejected(rej.reason),
+            });
+        }
+        Response { id: rej.id, op: rej.op, status: rej.status() }
+    }
+
+    /// Keeps the request being served (on the current queue) as the last failure, with the
+    /// noted cause. Takes the request's fields, not a reference to it: a reference would make
+    /// the request loop keep every decoded request in memory for this rare call.
+    #[cold]
+    #[inline(never)]
+    fn record_failure(&mut self, op: u8, indirect_op: Option<u8>, sector: u64, count: u64, status: i16) {
+        self.last_failure =
+            Some(FailedRequest { queue: self.cur as u16, op, indirect_op, sector, count, status, cause: self.cause });
     }
 
     /// Notes why the request being served fails; returns `RSP_ERROR`.
@@ -912,49 +917,62 @@ impl<S: Storage> Backend<S> {
         }
     }
 
-    fn serve<P: BackendPlatform>(&mut self, plat: &mut P, r: &Request) -> i16 {
+    /// Serves one decoded request; the direct segments of a read/write-class one are already
+    /// in `segs`.
+    fn serve<P: BackendPlatform>(&mut self, plat: &mut P, r: RequestHead) -> i16 {
         let info = self.storage.info();
-        let status = match &r.kind {
-            ReqKind::Discard { secure, nr_sectors } => {
-                if !self.discard_offered || (*secure && !info.discard_secure) {
+        // Read/write-class requests (direct or indirect) have their segments in `segs`, then
+        // share one serve_rw.
+        let rw = match r.kind {
+            HeadKind::Discard { secure, nr_sectors } => {
+                Err(if !self.discard_offered || (secure && !info.discard_secure) {
                     RSP_EOPNOTSUPP
                 } else if info.read_only {
                     self.fail(FailCause::ReadOnly)
-                } else if r.sector.checked_add(*nr_sectors).is_none_or(|end| end > info.sectors) {
+                } else if r.sector.checked_add(nr_sectors).is_none_or(|end| end > info.sectors) {
                     self.fail(FailCause::OutOfRange)
                 } else {
-                    let r = self.storage.discard(r.sector, *nr_sectors, *secure);
-                    self.storage_status(r)
+                    let st = self.storage.discard(r.sector, nr_sectors, secure);
+                    self.storage_status(st)
+                })
+            }
+            HeadKind::Rw { op, nr_segments } => {
+                self.nsegs = nr_segments as usize;
+                Ok(op)
+            }
+            HeadKind::Indirect { op, nr_segments, pages } => {
+                let npages = (nr_segments as usize).div_ceil(SEGMENTS_PER_INDIRECT_PAGE).min(pages.len());
+                match self.load_indirect(plat, nr_segments as usize, &pages[..npages]) {
+                    Ok(()) => Ok(op),
+                    Err(()) => Err(self.fail(FailCause::IndirectPages)),
                 }
             }
-            ReqKind::Rw { op, segs } => {
-                self.segs.clear();
-                for s in segs {
-                    let _ = self.segs.push(*s);
-                }
-                self.serve_rw(plat, *op, r.sector)
-            }
-            ReqKind::Indirect { op, nr_segments, pages } => {
-                match self.load_indirect(plat, *nr_segments as usize, pages) {
-                    Ok(()) => self.serve_rw(plat, *op, r.sector),
-                    Err(()) => self.fail(FailCause::IndirectPages),
-                }
-            }
+        };
+        let status = match rw {
+            Ok(op) => self.serve_rw(plat, op, r.sector, &info),
+            Err(status) => status,
         };
         match status {
             RSP_OKAY => {}
             RSP_EOPNOTSUPP => self.stats.unsupported += 1,
             _ => {
                 self.stats.errors += 1;
-                self.record_failure(r, status);
+                let (indirect_op, count) = match r.kind {
+                    HeadKind::Discard { nr_sectors, .. } => (None, nr_sectors),
+                    HeadKind::Rw { nr_segments, .. } => (None, nr_segments as u64),
+                    HeadKind::Indirect { op, nr_segments, .. } => (Some(op.code()), nr_segments as u64),
+                };
+                self.record_failure(r.op_code(), indirect_op, r.sector, count, status);
             }
         }
         status
     }
 
     /// Copies each indirect page once into private memory and decodes its segments.
+    #[inline(never)]
     fn load_indirect<P: BackendPlatform>(&mut self, plat: &mut P, n: usize, pages: &[u32]) -> Result<(), ()> {
-        self.segs.clear();
+        self.nsegs = 0;
+        let mut loaded = 0;
         if n > MAX_BACKEND_SEGMENTS {
             return Err(());
         }
@@ -983,14 +1001,15 @@ impl<S: Storage> Backend<S> {
             for k in 0..count {
                 match blkif::decode_indirect_segment(&self.indirect_buf[..count * 8], k) {
                     Some(s) => {
-                        if self.segs.push(s).is_err() {
-                            return Err(());
-                        }
+                        let Some(slot) = self.segs.get_mut(loaded) else { return Err(()) };
+                        *slot = s;
+                        loaded += 1;
                     }
                     None => return Err(()),
                 }
             }
         }
+        self.nsegs = loaded;
         Ok(())
     }
 
@@ -1060,10 +1079,12 @@ impl<S: Storage> Backend<S> {
         }
     }
 
-    fn serve_rw<P: BackendPlatform>(&mut self, plat: &mut P, op: RwOp, sector: u64) -> i16 {
-        let info = self.storage.info();
+    /// Serves the read/write-class request whose segments are `segs[..nsegs]`; `info` is the
+    /// storage's, read once for the request.
+    #[inline(always)]
+    fn serve_rw<P: BackendPlatform>(&mut self, plat: &mut P, op: RwOp, sector: u64, info: &StorageInfo) -> i16 {
         let write = op.is_write();
-        let nsect: u64 = self.segs.iter().map(|s| s.sectors() as u64).sum();
+        let nsect: u64 = self.segs[..self.nsegs].iter().map(|s| s.sectors() as u64).sum();
         // FLUSH_DISKCACHE is only valid when `feature-flush-cache` was offered.
         if op == RwOp::Flush && !info.flush {
             return RSP_EOPNOTSUPP;
@@ -1092,7 +1113,7 @@ impl<S: Storage> Backend<S> {
         }
         let mut status = RSP_OKAY;
         let mut disk = sector;
-        let total = self.segs.len();
+        let total = self.nsegs;
         let mut i = 0;
         while i < total {
             let end = (i + CHUNK).min(total);
@@ -1105,8 +1126,10 @@ impl<S: Storage> Backend<S> {
                 status = st;
                 break;
             }
-            for s in &self.segs[i..end] {
-                disk += s.sectors() as u64;
+            if end < total {
+                for s in &self.segs[i..end] {
+                    disk += s.sectors() as u64;
+                }
             }
             i = end;
         }
@@ -1117,20 +1140,54 @@ impl<S: Storage> Backend<S> {
         status
     }
 
-    fn chunk_map<P: BackendPlatform>(
+    fn chunk_map<P: BackendPlatform>(&mut self, plat: &mut P, write: bool, from: usize, to: usize, disk: u64) -> i16 {
+        let persistent = self.persistent();
+        // Fast path, the steady state of a persistent frontend: one segment whose grant is
+        // cached. The same steps as below (look up, move the data, release), without the
+        // batch bookkeeping. On a miss the general path goes on without a second lookup.
+        let mut first_missed = false;
+        if persistent && to == from + 1 {
+            let s = self.segs[from];
+            let cache = &mut self.caches[self.cur];
+            match cache.get(GrantRef(s.gref), self.now_ms) {
+                Some((slot, m)) => {
+                    let region = m.mem.slice(s.offset(), s.len());
+                    let r = if write { self.storage.write(disk, region) } else { self.storage.read(disk, region) };
+                    cache.release(slot);
+                    if r.is_err() {
+                        return self.storage_status(r);
+                    }
+                    self.stats.bytes += s.len() as u64;
+                    return RSP_OKAY;
+                }
+                None => first_missed = true,
+            }
+        }
+        self.chunk_map_batch(plat, write, from, to, disk, first_missed)
+    }
+
+    /// [`chunk_map`](Self::chunk_map) for any number of segments: cache lookups (skipped for
+    /// the first segment when `first_missed`: it was looked up already), one batch of maps
+    /// for the misses, the data, then releases and one batch of unmaps.
+    #[inline(never)]
+    fn chunk_map_batch<P: BackendPlatform>(
         &mut self,
         plat: &mut P,
         write: bool,
         from: usize,
         to: usize,
         mut disk: u64,
+        first_missed: bool,
     ) -> i16 {
         let persistent = self.persistent();
         let mut segs: heapless::Vec<Seg, CHUNK> = heapless::Vec::new();
         let mut misses: heapless::Vec<MapRequest, CHUNK> = heapless::Vec::new();
-        for s in &self.segs[from..to] {
+        for (k, s) in self.segs[from..to].iter().enumerate() {
             let mut e = Seg { seg: *s, map: None, slot: None, transient: true };
-            if persistent && let Some((slot, map)) = self.caches[self.cur].get(GrantRef(s.gref), self.now_ms) {
+            if persistent
+                && !(k == 0 && first_missed)
+                && let Some((slot, map)) = self.caches[self.cur].get(GrantRef(s.gref), self.now_ms)
+            {
                 e.map = Some(map);
                 e.slot = Some(slot);
                 e.transient = false;
@@ -1208,6 +1265,7 @@ impl<S: Storage> Backend<S> {
         status
     }
 
+    #[inline(never)]
     fn chunk_copy<P: BackendPlatform>(
         &mut self,
         plat: &mut P,

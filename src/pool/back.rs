@@ -148,6 +148,7 @@ impl GrantCache {
         self.stats
     }
 
+    #[inline]
     fn find(&self, gref: u32) -> Option<usize> {
         let mut h = hash(gref, self.index_cap);
         loop {
@@ -165,6 +166,7 @@ impl GrantCache {
     }
 
     /// Looks `gref` up; on a hit marks the entry active at time `now` and returns it.
+    #[inline]
     pub fn get(&mut self, gref: GrantRef, now: u64) -> Option<(Slot, Mapping)> {
         let Some(h) = self.find(gref.0) else {
             self.stats.misses += 1;
@@ -254,6 +256,7 @@ impl GrantCache {
     }
 
     /// Marks the entry no longer used by one request.
+    #[inline]
     pub fn release(&mut self, slot: Slot) {
         if let Some(Some(c)) = self.slots.get_mut(slot.0 as usize) {
             c.active = c.active.saturating_sub(1);

@@ -382,6 +382,132 @@ fn wr(b: &mut [u8], off: usize, v: &[u8]) {
 ///
 /// Never panics: every field is validated on the copy.
 pub fn decode_request(abi: Abi, slot: &[u8], max_indirect: usize) -> Result<Request, Rejected> {
+    let mut segs = [Segment::default(); MAX_SEGMENTS_PER_REQUEST];
+    let head = decode_request_into(abi, slot, max_indirect, &mut segs)?;
+    Ok(head.into_request(&segs))
+}
+
+/// The fixed part of a request, as [`decode_request_into`] returns it: a [`Request`] whose
+/// direct segments were written to the caller's buffer instead (the backend's hot path, which
+/// builds no segment list only to copy it again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RequestHead {
+    /// Opaque id echoed in the response.
+    pub id: u64,
+    /// Virtual device handle.
+    pub handle: u16,
+    /// Start sector (512-byte units).
+    pub sector: u64,
+    /// What to do.
+    pub kind: HeadKind,
+}
+
+/// The body of a [`RequestHead`]: [`ReqKind`] without the segment list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum HeadKind {
+    /// Read, write, barrier or flush; its `nr_segments` (0..=11) validated segments are in
+    /// the caller's buffer.
+    Rw {
+        /// Operation.
+        op: RwOp,
+        /// Number of direct segments.
+        nr_segments: u8,
+    },
+    /// Discard `nr_sectors` sectors starting at the request's sector.
+    Discard {
+        /// `BLKIF_DISCARD_SECURE` was set.
+        secure: bool,
+        /// Number of 512-byte sectors.
+        nr_sectors: u64,
+    },
+    /// Read or write whose segments live in indirect pages.
+    Indirect {
+        /// `indirect_op`: [`RwOp::Read`] or [`RwOp::Write`] only.
+        op: RwOp,
+        /// Number of segments across the indirect pages (1..=4096).
+        nr_segments: u16,
+        /// Grant references of the indirect pages; the first [`HeadKind::indirect_pages`] are
+        /// meaningful, the rest are zero.
+        pages: [u32; MAX_INDIRECT_PAGES_PER_REQUEST],
+    },
+}
+
+impl HeadKind {
+    /// The meaningful indirect page references (`ceil(nr_segments/512)`); empty for other kinds.
+    pub fn indirect_pages(&self) -> &[u32] {
+        match self {
+            HeadKind::Indirect { nr_segments, pages, .. } => {
+                &pages[..(*nr_segments as usize).div_ceil(SEGMENTS_PER_INDIRECT_PAGE).min(pages.len())]
+            }
+            _ => &[],
+        }
+    }
+}
+
+impl RequestHead {
+    /// The operation code as it appears on the wire.
+    pub fn op_code(&self) -> u8 {
+        match &self.kind {
+            HeadKind::Rw { op, .. } => op.code(),
+            HeadKind::Discard { .. } => OP_DISCARD,
+            HeadKind::Indirect { .. } => OP_INDIRECT,
+        }
+    }
+
+    /// The full request, with the direct segments `segs` (the buffer given to
+    /// [`decode_request_into`]; only its first `nr_segments` entries are used).
+    pub fn into_request(self, segs: &[Segment]) -> Request {
+        let kind = match self.kind {
+            HeadKind::Rw { op, nr_segments } => {
+                let n = (nr_segments as usize).min(segs.len());
+                // Cannot drop any: n <= 11 by validation.
+                ReqKind::Rw { op, segs: segs[..n].iter().copied().take(MAX_SEGMENTS_PER_REQUEST).collect() }
+            }
+            HeadKind::Discard { secure, nr_sectors } => ReqKind::Discard { secure, nr_sectors },
+            HeadKind::Indirect { op, nr_segments, .. } => {
+                ReqKind::Indirect { op, nr_segments, pages: self.kind.indirect_pages().iter().copied().collect() }
+            }
+        };
+        Request { id: self.id, handle: self.handle, sector: self.sector, kind }
+    }
+}
+
+/// How many leading bytes of a request slot [`decode_request`] (and [`decode_request_into`])
+/// look at, given the slot's first two bytes (`operation` and `nr_segments` /
+/// `indirect_op` / discard flags): the rest of the slot does not change the result, so a
+/// backend need copy no more than this out of shared memory. Never more than the ABI's
+/// request size.
+#[inline]
+pub const fn request_extent(abi: Abi, op: u8, byte1: u8) -> usize {
+    let l = abi.layout();
+    match op {
+        OP_READ | OP_WRITE | OP_WRITE_BARRIER | OP_FLUSH_DISKCACHE => {
+            // More than 11 is rejected before any segment is read.
+            if byte1 as usize > MAX_SEGMENTS_PER_REQUEST { l.req_seg } else { l.req_seg + 8 * byte1 as usize }
+        }
+        OP_DISCARD => l.discard,
+        OP_INDIRECT => l.indirect,
+        // Unknown operations: only `id` (inside the header) is read.
+        _ => l.req_seg,
+    }
+}
+
+/// Decodes a private copy of a request slot like [`decode_request`] (same validation, same
+/// rejections), writing the direct segments of a read/write-class request to `segs[..n]`
+/// instead of into a [`Request`]. `segs` should hold [`MAX_SEGMENTS_PER_REQUEST`] entries: a
+/// shorter buffer makes a request with more segments than it holds a `BadSegmentCount`.
+/// Entries past `n` are left as they were; on a rejection, any entry may have been written.
+///
+/// Never panics: every field is validated on the copy.
+#[inline]
+pub fn decode_request_into(
+    abi: Abi,
+    slot: &[u8],
+    max_indirect: usize,
+    segs: &mut [Segment],
+) -> Result<RequestHead, Rejected> {
     let l = abi.layout();
     if slot.len() < l.request {
         let id = if slot.len() >= l.req_id + 8 { rd_u64(slot, l.req_id) } else { 0 };
@@ -403,11 +529,10 @@ pub fn decode_request(abi: Abi, slot: &[u8], max_indirect: usize) -> Result<Requ
             let n = slot[1] as usize;
             let handle = rd_u16(slot, 2);
             // Reads and writes carry data; a barrier or flush may be empty.
-            if n > MAX_SEGMENTS_PER_REQUEST || (n == 0 && matches!(rw, RwOp::Read | RwOp::Write)) {
+            if n > MAX_SEGMENTS_PER_REQUEST || (n == 0 && matches!(rw, RwOp::Read | RwOp::Write)) || n > segs.len() {
                 return reject(RejectReason::BadSegmentCount);
             }
-            let mut segs = SegList::new();
-            for i in 0..n {
+            for (i, out) in segs[..n].iter_mut().enumerate() {
                 let o = l.req_seg + 8 * i;
                 let mut sb = [0u8; 8];
                 sb.copy_from_slice(&slot[o..o + 8]);
@@ -415,16 +540,15 @@ pub fn decode_request(abi: Abi, slot: &[u8], max_indirect: usize) -> Result<Requ
                 if !s.is_valid() {
                     return reject(RejectReason::BadSegment);
                 }
-                // Cannot fail: n <= 11 was checked above.
-                let _ = segs.push(s);
+                *out = s;
             }
-            Ok(Request { id, handle, sector, kind: ReqKind::Rw { op: rw, segs } })
+            Ok(RequestHead { id, handle, sector, kind: HeadKind::Rw { op: rw, nr_segments: n as u8 } })
         }
         OP_DISCARD => {
             let handle = rd_u16(slot, 2);
             let secure = slot[1] & DISCARD_FLAG_SECURE != 0;
             let nr_sectors = rd_u64(slot, l.discard_nr_sectors);
-            Ok(Request { id, handle, sector, kind: ReqKind::Discard { secure, nr_sectors } })
+            Ok(RequestHead { id, handle, sector, kind: HeadKind::Discard { secure, nr_sectors } })
         }
         OP_INDIRECT => {
             if max_indirect == 0 {
@@ -441,15 +565,27 @@ pub fn decode_request(abi: Abi, slot: &[u8], max_indirect: usize) -> Result<Requ
             }
             let handle = rd_u16(slot, l.indirect_handle);
             let npages = (n as usize).div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
-            let mut pages = heapless::Vec::new();
-            for i in 0..npages {
-                // Cannot fail: npages <= 8 because n <= 4096.
-                let _ = pages.push(rd_u32(slot, l.indirect_grefs + 4 * i));
+            let mut pages = [0u32; MAX_INDIRECT_PAGES_PER_REQUEST];
+            // npages <= 8 because n <= 4096.
+            for (i, p) in pages.iter_mut().enumerate().take(npages) {
+                *p = rd_u32(slot, l.indirect_grefs + 4 * i);
             }
-            Ok(Request { id, handle, sector, kind: ReqKind::Indirect { op: iop, nr_segments: n, pages } })
+            Ok(RequestHead { id, handle, sector, kind: HeadKind::Indirect { op: iop, nr_segments: n, pages } })
         }
         _ => reject(RejectReason::UnknownOp),
     }
+}
+
+/// The image [`encode_response`] builds, as a fixed 16-byte array: the layout is the same in
+/// both ABIs (`id` @0, `operation` @8, `status` @10, padding zero); an x86_32 response is its
+/// first 12 bytes. For the backend's response path, which stores it with fixed-size writes.
+#[inline]
+pub fn response_image(rsp: &Response) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&rsp.id.to_le_bytes());
+    b[8] = rsp.op;
+    b[10..12].copy_from_slice(&rsp.status.to_le_bytes());
+    b
 }
 
 /// Decodes and validates segment `index` of a private copy of an indirect page.
@@ -665,6 +801,97 @@ mod tests {
         b[2..4].copy_from_slice(&257u16.to_le_bytes());
         assert_eq!(decode_request(Abi::X86_64, &b, 256).unwrap_err().reason, RejectReason::BadSegmentCount);
         assert_eq!(decode_request(Abi::X86_64, &b[..50], 256).unwrap_err().reason, RejectReason::Truncated);
+    }
+
+    #[test]
+    fn bytes_past_the_extent_do_not_change_a_decode() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut accepted = 0;
+        for abi in [Abi::X86_64, Abi::X86_32] {
+            let len = abi.layout().request;
+            for t in 0..20_000u32 {
+                let mut slot = [0u8; MAX_SLOT_BYTES];
+                for b in slot.iter_mut() {
+                    *b = rnd() as u8;
+                }
+                slot[0] = (t % 8) as u8;
+                // Mostly plausible counts and segments, so that most requests are accepted.
+                slot[1] = match slot[0] {
+                    OP_INDIRECT => (rnd() % 3) as u8,
+                    _ => (rnd() % 13) as u8,
+                };
+                if slot[0] == OP_INDIRECT {
+                    slot[2..4].copy_from_slice(&((rnd() % 5000) as u16).to_le_bytes());
+                }
+                let l = abi.layout();
+                for i in 0..11 {
+                    let o = l.req_seg + 8 * i;
+                    if o + 8 <= len && rnd() % 16 != 0 {
+                        let f = (rnd() % 8) as u8;
+                        slot[o + 4] = f;
+                        slot[o + 5] = f + (rnd() % (8 - f as u64)) as u8;
+                    }
+                }
+                let ext = request_extent(abi, slot[0], slot[1]);
+                assert!(ext <= len);
+                let mut other = slot;
+                for b in other[ext..].iter_mut() {
+                    *b = rnd() as u8;
+                }
+                for max_indirect in [0, 32, 4096] {
+                    let a = decode_request(abi, &slot[..len], max_indirect);
+                    let b = decode_request(abi, &other[..len], max_indirect);
+                    assert_eq!(a, b, "{abi:?} op {} byte1 {} extent {ext}", slot[0], slot[1]);
+                    accepted += a.is_ok() as u32;
+                    // The head decoder agrees, and fills exactly the segments the request has.
+                    let mut segs = [Segment { gref: 0xdead, first_sect: 9, last_sect: 9 }; MAX_SEGMENTS_PER_REQUEST];
+                    let h = decode_request_into(abi, &slot[..len], max_indirect, &mut segs);
+                    assert_eq!(h.map(|h| h.into_request(&segs)), a);
+                    if let Ok(Request { kind: ReqKind::Rw { segs: list, .. }, .. }) = &a {
+                        assert!(segs[list.len()..].iter().all(|s| s.gref == 0xdead));
+                    }
+                }
+            }
+        }
+        // Every kind is exercised, most requests accepted.
+        assert!(accepted > 40_000, "only {accepted} accepted");
+    }
+
+    #[test]
+    fn a_short_segment_buffer_rejects_instead_of_overflowing() {
+        let r = Request {
+            id: 9,
+            handle: 0,
+            sector: 0,
+            kind: ReqKind::Rw { op: RwOp::Read, segs: segs(&[(1, 0, 7), (2, 0, 7), (3, 0, 7)]) },
+        };
+        let img = encode_request(Abi::X86_64, &r);
+        let mut two = [Segment::default(); 2];
+        let e = decode_request_into(Abi::X86_64, img.as_bytes(), 0, &mut two).unwrap_err();
+        assert_eq!((e.id, e.reason), (9, RejectReason::BadSegmentCount));
+        let mut three = [Segment::default(); 3];
+        let h = decode_request_into(Abi::X86_64, img.as_bytes(), 0, &mut three).unwrap();
+        assert_eq!(h.into_request(&three), r);
+    }
+
+    #[test]
+    fn response_image_is_the_encoded_response() {
+        for rsp in [
+            Response { id: u64::MAX, op: 1, status: -1 },
+            Response { id: 0x0102_0304_0506_0708, op: 6, status: -2 },
+            Response { id: 0, op: 0, status: 0 },
+        ] {
+            for abi in [Abi::X86_64, Abi::X86_32] {
+                let n = abi.layout().response;
+                assert_eq!(&response_image(&rsp)[..n], encode_response(abi, &rsp).as_bytes());
+            }
+        }
     }
 
     #[test]

@@ -396,28 +396,91 @@ impl BackRing {
     /// [`unconsumed_requests`](Self::unconsumed_requests) that a request is available.
     pub fn take_request_unchecked(&mut self, max_indirect: usize) -> Result<Request, Rejected> {
         let mut buf = [0u8; super::blkif::MAX_SLOT_BYTES];
-        let len = self.abi.layout().request;
-        let off = slot_off(self.size, self.abi.entry_size(), self.req_cons);
-        self.mem.read_bytes(off, &mut buf[..len]);
-        self.req_cons = self.req_cons.wrapping_add(1);
+        let len = self.copy_next_request(&mut buf);
         decode_request(self.abi, &buf[..len], max_indirect)
+    }
+
+    /// Like [`take_request_unchecked`](Self::take_request_unchecked) (same copy, same
+    /// validation, same rejections), without building a [`Request`]: the direct segments go
+    /// to `segs` (see [`decode_request_into`](super::blkif::decode_request_into)), the rest
+    /// comes back as a [`RequestHead`](super::blkif::RequestHead).
+    #[inline]
+    pub fn take_request_into(
+        &mut self,
+        max_indirect: usize,
+        segs: &mut [super::blkif::Segment],
+    ) -> Result<super::blkif::RequestHead, Rejected> {
+        let mut buf = [0u8; super::blkif::MAX_SLOT_BYTES];
+        let len = self.copy_next_request(&mut buf);
+        super::blkif::decode_request_into(self.abi, &buf[..len], max_indirect, segs)
+    }
+
+    /// Copies the next request slot into `buf` (each byte read once) and consumes it; returns
+    /// the ABI's request size. Only the bytes the decoder looks at are copied
+    /// ([`request_extent`](super::blkif::request_extent): the header, then as many segments as the header claims, or the
+    /// discard/indirect body); the rest of `buf` stays as it was (zero), which does not change
+    /// what the slot decodes to.
+    #[inline]
+    fn copy_next_request(&mut self, buf: &mut [u8; super::blkif::MAX_SLOT_BYTES]) -> usize {
+        let l = self.abi.layout();
+        let off = slot_off(self.size, self.abi.entry_size(), self.req_cons);
+        self.req_cons = self.req_cons.wrapping_add(1);
+        // The header (operation, counts, handle, id, sector) is the same for every kind.
+        let hdr = l.req_seg;
+        let (head, rest) = buf.split_at_mut(hdr);
+        let fixed = match self.abi {
+            Abi::X86_64 => head.first_chunk_mut::<24>().map(|h| self.mem.read_into(off, h)),
+            Abi::X86_32 => head.first_chunk_mut::<20>().map(|h| self.mem.read_into(off, h)),
+        };
+        if fixed.is_none() {
+            self.mem.read_bytes(off, head);
+        }
+        // The bytes after the header are chosen from the private copy of it.
+        let end = super::blkif::request_extent(self.abi, head[0], head[1]).min(l.request);
+        let rest = &mut rest[..end - hdr];
+        if let Ok(one) = <&mut [u8; 8]>::try_from(&mut *rest) {
+            // One segment (the common 4 KiB request) or a discard body on x86_64.
+            self.mem.read_into(off + hdr, one);
+        } else {
+            let mut chunks = rest.chunks_exact_mut(8);
+            let mut o = off + hdr;
+            for c in &mut chunks {
+                if let Some(c) = c.first_chunk_mut::<8>() {
+                    self.mem.read_into(o, c);
+                }
+                o += 8;
+            }
+            let tail = chunks.into_remainder();
+            if !tail.is_empty() {
+                self.mem.read_bytes(o, tail);
+            }
+        }
+        l.request
     }
 
     /// Writes a response into the next response slot (visible after
     /// [`push_responses`](Self::push_responses)). Returns `false` if every consumed request
     /// has been answered already (a caller bug: more responses than requests).
+    #[inline]
     pub fn put_response(&mut self, rsp: &Response) -> bool {
         if self.req_cons.wrapping_sub(self.rsp_prod_pvt) == 0 {
             return false;
         }
-        let img = encode_response(self.abi, rsp);
         let off = slot_off(self.size, self.abi.entry_size(), self.rsp_prod_pvt);
-        self.mem.write_bytes(off, img.as_bytes());
+        // The bytes of `encode_response(self.abi, rsp)`, in fixed-size stores.
+        let img = super::blkif::response_image(rsp);
+        debug_assert_eq!(&img[..self.abi.layout().response], encode_response(self.abi, rsp).as_bytes());
+        match (self.abi, img.first_chunk::<12>()) {
+            (Abi::X86_64, _) => self.mem.write_array(off, &img),
+            (Abi::X86_32, Some(w)) => self.mem.write_array(off, w),
+            (Abi::X86_32, None) => self.mem.write_bytes(off, &img[..self.abi.layout().response]),
+        }
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
         true
     }
 
     /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`.
+    #[inline]
     pub fn push_responses(&mut self) -> bool {
         let old = self.mem.load_u32(RSP_PROD, Ordering::Relaxed);
         let new = self.rsp_prod_pvt;

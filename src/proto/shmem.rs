@@ -99,6 +99,7 @@ impl SharedMem {
     }
 
     /// A sub-region `off..off+len`.
+    #[inline]
     #[track_caller]
     pub fn slice(&self, off: usize, len: usize) -> SharedMem {
         self.check(off, len);
@@ -155,6 +156,73 @@ impl SharedMem {
         while i < dst.len() {
             // SAFETY: in bounds.
             dst[i] = unsafe { core::ptr::read_volatile(src.add(i)) };
+            i += 1;
+        }
+    }
+
+    /// Copies the `N` bytes at `off` into the private array `dst`, with volatile reads: the
+    /// same copy as [`read_bytes`](Self::read_bytes) (every byte read exactly once), for small
+    /// fields of a size known at compile time (a ring slot's header, a segment), done with the
+    /// widest aligned loads the address allows and no loop left at run time.
+    #[inline(always)]
+    #[track_caller]
+    pub fn read_into<const N: usize>(&self, off: usize, dst: &mut [u8; N]) {
+        self.check(off, N);
+        let src = self.at(off).as_ptr();
+        let mut i = 0;
+        if (src as usize).is_multiple_of(8) {
+            while i + 8 <= N {
+                // SAFETY: in bounds (checked above: i + 8 <= N) and 8-byte aligned.
+                let w = unsafe { core::ptr::read_volatile(src.add(i) as *const u64) };
+                dst[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+                i += 8;
+            }
+        }
+        if (src as usize + i).is_multiple_of(4) {
+            while i + 4 <= N {
+                // SAFETY: in bounds and 4-byte aligned.
+                let w = unsafe { core::ptr::read_volatile(src.add(i) as *const u32) };
+                dst[i..i + 4].copy_from_slice(&w.to_ne_bytes());
+                i += 4;
+            }
+        }
+        while i < N {
+            // SAFETY: in bounds.
+            dst[i] = unsafe { core::ptr::read_volatile(src.add(i)) };
+            i += 1;
+        }
+    }
+
+    /// Copies the `N` bytes of `src` into the region at `off`, with volatile writes: the same
+    /// copy as [`write_bytes`](Self::write_bytes), for small images of a size known at compile
+    /// time (a response), with the widest aligned stores the address allows.
+    #[inline(always)]
+    #[track_caller]
+    pub fn write_array<const N: usize>(&self, off: usize, src: &[u8; N]) {
+        self.check(off, N);
+        let dst = self.at(off).as_ptr();
+        let mut i = 0;
+        if (dst as usize).is_multiple_of(8) {
+            while i + 8 <= N {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&src[i..i + 8]);
+                // SAFETY: in bounds (checked above: i + 8 <= N) and 8-byte aligned.
+                unsafe { core::ptr::write_volatile(dst.add(i) as *mut u64, u64::from_ne_bytes(w)) };
+                i += 8;
+            }
+        }
+        if (dst as usize + i).is_multiple_of(4) {
+            while i + 4 <= N {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(&src[i..i + 4]);
+                // SAFETY: in bounds and 4-byte aligned.
+                unsafe { core::ptr::write_volatile(dst.add(i) as *mut u32, u32::from_ne_bytes(w)) };
+                i += 4;
+            }
+        }
+        while i < N {
+            // SAFETY: in bounds.
+            unsafe { core::ptr::write_volatile(dst.add(i), src[i]) };
             i += 1;
         }
     }
@@ -330,6 +398,43 @@ mod tests {
                 m.read_bytes(off - 1, &mut before);
                 assert_eq!(before[0], 0);
             }
+        }
+    }
+
+    #[test]
+    fn arrays_round_trip_at_every_alignment() {
+        let mut backing = [0u64; 64];
+        // SAFETY: `backing` outlives `m`, is 8-aligned and only accessed through `m`.
+        let m = unsafe { SharedMem::new(backing.as_mut_ptr() as *mut u8, 512) };
+        let src: [u8; 37] = core::array::from_fn(|i| i as u8 + 1);
+        let small: [u8; 12] = core::array::from_fn(|i| 0xa0 + i as u8);
+        for off in 0..16 {
+            m.zero(0, 512);
+            m.write_array(off, &src);
+            let mut back = [0u8; 37];
+            m.read_bytes(off, &mut back);
+            assert_eq!(back, src);
+            let mut a37 = [0u8; 37];
+            m.read_into(off, &mut a37);
+            assert_eq!(a37, src);
+            let mut a8 = [0u8; 8];
+            m.read_into(off + 3, &mut a8);
+            assert_eq!(a8[..], src[3..11]);
+            // Neighbours untouched.
+            let mut a1 = [9u8; 1];
+            if off > 0 {
+                m.read_into(off - 1, &mut a1);
+                assert_eq!(a1, [0]);
+            }
+            m.read_into(off + 37, &mut a1);
+            assert_eq!(a1, [0]);
+            m.write_array(off + 40, &small);
+            let mut a12 = [0u8; 12];
+            m.read_into(off + 40, &mut a12);
+            assert_eq!(a12, small);
+            let mut a4 = [9u8; 4];
+            m.read_into(off + 52, &mut a4);
+            assert_eq!(a4, [0; 4]);
         }
     }
 
@@ -511,6 +616,16 @@ mod loom_model {
                     i += 1;
                 }
             }
+        }
+        /// As `read_bytes`, into an array.
+        #[track_caller]
+        pub fn read_into<const N: usize>(&self, off: usize, dst: &mut [u8; N]) {
+            self.read_bytes(off, dst)
+        }
+        /// As `write_bytes`, from an array.
+        #[track_caller]
+        pub fn write_array<const N: usize>(&self, off: usize, src: &[u8; N]) {
+            self.write_bytes(off, src)
         }
         /// As `read_bytes`.
         #[track_caller]
