@@ -38,6 +38,9 @@ pub struct Calibration {
     pub ring_ns: f64,
     /// Host CPUs available.
     pub cores: usize,
+    /// `copy_4k_ns` as the start-up calibration measured it, before the run's probes could
+    /// lower it (0 if not measured).
+    pub copy_4k_startup_ns: f64,
     /// Random 4 KiB read from the run's RAM disks ([`disk_read`]; 0 if not measured).
     pub disk_read_4k_ns: f64,
     /// Requests per second of the copies alone at the run's largest footprint

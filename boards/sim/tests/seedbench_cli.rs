@@ -63,6 +63,22 @@ fn seedbench_prints_the_table_and_writes_json_and_svg() {
     assert!(stdout.contains("fraction, paired"), "{stdout}");
     let bound = numbers(&j, "copy_bound_iops");
     assert!(bound.len() == 1 && bound[0] > 0.0, "{j}");
+    // The bound's copy is the cheapest the run saw: the start-up calibration or a run's probe.
+    let (copy, startup) = (numbers(&j, "copy_4k_ns"), numbers(&j, "copy_4k_startup_ns"));
+    let probes: Vec<f64> = j
+        .match_indices("\"copy_probe_ns\": [")
+        .flat_map(|(i, m)| {
+            let rest = &j[i + m.len()..];
+            rest[..rest.find(']').unwrap()].split(", ").map(|p| p.parse::<f64>().unwrap()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(probes.len(), 8, "{j}");
+    assert!(copy.len() == 1 && startup.len() == 1 && copy[0] > 0.0, "{j}");
+    assert!(
+        copy[0] <= startup[0] + 0.05 && probes.iter().all(|&p| copy[0] <= p + 0.5),
+        "{copy:?} {startup:?} {probes:?}"
+    );
+    assert!(probes.iter().chain(&startup).any(|&p| (p - copy[0]).abs() <= 0.5), "the bound's copy is one of them");
     // The footprint's own limits: the disks' read cost and the copies alone.
     assert_eq!(numbers(&j, "disk_kib"), vec![256.0]);
     let disk_read = numbers(&j, "disk_read_4k_ns");

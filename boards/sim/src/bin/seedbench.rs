@@ -299,6 +299,23 @@ fn main() -> ExitCode {
             c.probes.push(probe);
         }
     }
+    if o.calibrate {
+        // The bound takes the cheapest copy the machine showed during the whole run: this VM
+        // flips between a fast and a slow state (README "Results"), and a bound from a
+        // start-up calibration that happened to fall in the slow state would flatter runs
+        // in the fast one.
+        cal.copy_4k_startup_ns = cal.copy_4k_ns;
+        let cheapest =
+            cells.iter().flat_map(|c| c.probes.iter().copied()).filter(|&p| p > 0.0).fold(f64::MAX, f64::min);
+        if cheapest < cal.copy_4k_ns {
+            eprintln!(
+                "seedbench: the runs' copy probes saw a cheaper copy ({cheapest:.0} ns) than the start-up calibration ({:.0} ns): \
+                 the limits use {cheapest:.0} ns",
+                cal.copy_4k_ns
+            );
+            cal.copy_4k_ns = cheapest;
+        }
+    }
     let table = render_table(&o, &cells, &cal, cores);
     print!("{table}");
     if let Some(p) = &o.json {
@@ -419,8 +436,16 @@ fn render_table(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> St
     let cb = calibrate::copy_bound(cal, 2, cores);
     let _ = writeln!(
         s,
-        "\ncopy_bound_iops = {cores} cores x 1e9 / (2 x {:.0} ns copy + {:.1} ns ring + {:.0} ns notify / 32) = {}\n",
+        "\ncopy_bound_iops = {cores} cores x 1e9 / (2 x {:.0} ns copy{} + {:.1} ns ring + {:.0} ns notify / 32) = {}\n",
         cal.copy_4k_ns,
+        if cal.copy_4k_startup_ns > 0.0 {
+            format!(
+                " (the cheapest of the start-up calibration's {:.0} ns and every run's probe)",
+                cal.copy_4k_startup_ns
+            )
+        } else {
+            String::new()
+        },
         cal.ring_ns,
         cal.notify_ns,
         fmt_int(cb)
@@ -513,12 +538,13 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
     let _ = writeln!(
         s,
         "  \"limits\": {{\"copy_bound_iops\": {:.0}, \"copy_bound_copies_per_request\": 2, \"cores\": {cores}, \
-         \"copy_4k_ns\": {:.1}, \"copy_4k_hot_ns\": {:.1}, \"map_unmap_ns\": {:.0}, \"map_unmap_busy_ns\": {:.0}, \
+         \"copy_4k_ns\": {:.1}, \"copy_4k_startup_ns\": {:.1}, \"copy_4k_hot_ns\": {:.1}, \"map_unmap_ns\": {:.0}, \"map_unmap_busy_ns\": {:.0}, \
          \"wakeup_ns\": {:.0}, \"notify_ns\": {:.1}, \"ring_ns\": {:.2}, \"map_bound_iops\": {:.0}, \
          \"zerocopy_bound_iops\": {:.0}, \"grant_copy_bound_iops\": {:.0}, \"disk_read_4k_ns\": {:.1}, \
          \"copy_pipeline_iops\": {:.0}}},",
         calibrate::copy_bound(cal, 2, cores),
         cal.copy_4k_ns,
+        cal.copy_4k_startup_ns,
         cal.copy_4k_hot_ns,
         cal.map_unmap_ns,
         cal.map_unmap_busy_ns,
