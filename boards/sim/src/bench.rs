@@ -138,6 +138,13 @@ pub fn make_disks(n: usize, sectors: u64) -> Vec<RamDisk> {
         .collect()
 }
 
+/// A caller's I/O buffer: page-aligned, as a guest's page-cache pages and `O_DIRECT`
+/// buffers are. (A `Vec<u8>` of this size comes from `mmap` 16 bytes past a page boundary,
+/// and a 4 KiB copy whose destination sits 16 bytes past its source's page offset takes
+/// ~1.9 µs instead of ~60 ns on this machine: glibc's `rep movsb` path on this CPU.)
+#[repr(C, align(4096))]
+struct Page([u8; IO_BYTES]);
+
 struct Guest {
     dom: Dom,
     f: Frontend,
@@ -153,8 +160,8 @@ struct Guest {
     done_at_stop: Option<u64>,
     errors: u64,
     spare: Vec<Buffer>,
-    rd: Vec<u8>,
-    wr: Vec<u8>,
+    rd: Vec<Page>,
+    wr: Vec<Page>,
     finished: bool,
 }
 
@@ -195,8 +202,7 @@ impl Guest {
                             // Persistent/map/copy read: the frontend's copy out of its pool
                             // into the caller's buffer (one per ring slot, as the zero-copy
                             // path has one lent buffer per slot).
-                            let b = ((c.tag >> 1) as usize % SLOT_BUFFERS) * IO_BYTES;
-                            c.read_data(&mut rd[b..b + IO_BYTES]);
+                            c.read_data(&mut rd[(c.tag >> 1) as usize % SLOT_BUFFERS].0);
                         }
                     }
                 }
@@ -226,8 +232,8 @@ impl Guest {
                     e
                 })
             } else if write {
-                let b = (self.issued as usize % SLOT_BUFFERS) * IO_BYTES;
-                self.f.submit(&mut self.dom, Io::Write { sector, data: &self.wr[b..b + IO_BYTES] }, tag)
+                let data = &self.wr[self.issued as usize % SLOT_BUFFERS].0;
+                self.f.submit(&mut self.dom, Io::Write { sector, data }, tag)
             } else {
                 self.f.submit(&mut self.dom, Io::Read { sector, sectors: (IO_BYTES / 512) as u32 }, tag)
             };
@@ -368,12 +374,14 @@ pub fn run(cfg: &BenchConfig, disks: &[RamDisk]) -> BenchResult {
             done_at_stop: None,
             errors: 0,
             spare: Vec::new(),
-            rd: vec![0; SLOT_BUFFERS * IO_BYTES],
-            wr: {
-                let mut v = vec![0; SLOT_BUFFERS * IO_BYTES];
-                fill_pattern(&mut v, g as u64);
-                v
-            },
+            rd: (0..SLOT_BUFFERS).map(|_| Page([0; IO_BYTES])).collect(),
+            wr: (0..SLOT_BUFFERS)
+                .map(|i| {
+                    let mut p = Page([0; IO_BYTES]);
+                    fill_pattern(&mut p.0, (g as u64) << 32 | i as u64);
+                    p
+                })
+                .collect(),
             finished: false,
         };
         guests.push((g % nw, guest));
