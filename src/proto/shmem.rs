@@ -56,6 +56,15 @@ fn out_of_range(off: usize, size: usize, len: usize) -> ! {
     panic!("shared memory access {off}+{size} outside region of {len} bytes")
 }
 
+/// The largest piece a bulk copy ([`SharedMem::copy_to_private`],
+/// [`SharedMem::copy_from_private`]) hands to one `memcpy`. Measured on the development
+/// machine (Zen, glibc 2.36): one 4 KiB `memcpy` whose destination sits 1-31 bytes past the
+/// source's offset in a page takes 1.6-3.7 µs with both hot (up to 0.5 µs at 48-63; glibc's
+/// `rep movsb` path, we believe), where two 2 KiB copies take 45-120 ns at every offset. A
+/// caller's `Vec<u8>` of 128 KiB or more starts 16 bytes past a page boundary, so its 4 KiB
+/// copies to and from a pool page hit exactly that. Aligned copies are no slower split.
+pub const BULK_CHUNK: usize = 2048;
+
 #[cfg(not(loom))]
 impl SharedMem {
     /// Wraps `len` bytes at `ptr`.
@@ -265,16 +274,23 @@ impl SharedMem {
         }
     }
 
-    /// Bulk copy out of shared memory (data pages). Uses one `copy_nonoverlapping`: the data
+    /// Bulk copy out of shared memory (data pages), in pieces of at most [`BULK_CHUNK`]: the data
     /// is opaque payload that is never validated, so a torn read by a racing peer only hurts
     /// that peer's own I/O.
     #[inline]
     #[track_caller]
     pub fn copy_to_private(&self, off: usize, dst: &mut [u8]) {
         self.check(off, dst.len());
-        // SAFETY: in bounds; `dst` is private memory that cannot overlap the shared region
-        // (a `&mut [u8]` to the shared region cannot exist: this type never creates one).
-        unsafe { core::ptr::copy_nonoverlapping(self.at(off).as_ptr(), dst.as_mut_ptr(), dst.len()) }
+        let src = self.at(off).as_ptr() as *const u8;
+        let mut done = 0;
+        while done < dst.len() {
+            let n = (dst.len() - done).min(BULK_CHUNK);
+            // SAFETY: `done + n <= dst.len()`, which is in bounds of the region (checked
+            // above); `dst` is private memory that cannot overlap the shared region (a
+            // `&mut [u8]` to the shared region cannot exist: this type never creates one).
+            unsafe { core::ptr::copy_nonoverlapping(src.add(done), dst.as_mut_ptr().add(done), n) }
+            done += n;
+        }
     }
 
     /// Bulk copy of private payload into shared memory (data pages).
@@ -282,8 +298,15 @@ impl SharedMem {
     #[track_caller]
     pub fn copy_from_private(&self, off: usize, src: &[u8]) {
         self.check(off, src.len());
-        // SAFETY: in bounds; `src` is private memory (see `copy_to_private`).
-        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.at(off).as_ptr(), src.len()) }
+        let dst = self.at(off).as_ptr();
+        let mut done = 0;
+        while done < src.len() {
+            let n = (src.len() - done).min(BULK_CHUNK);
+            // SAFETY: `done + n <= src.len()`, in bounds of the region (checked above); `src`
+            // is private memory (see `copy_to_private`).
+            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr().add(done), dst.add(done), n) }
+            done += n;
+        }
     }
 
     /// Copies between two shared regions (backend data path: mapped grant <-> storage page).
@@ -435,6 +458,34 @@ mod tests {
             let mut a4 = [9u8; 4];
             m.read_into(off + 52, &mut a4);
             assert_eq!(a4, [0; 4]);
+        }
+    }
+
+    #[test]
+    fn bulk_copies_split_into_chunks_move_every_byte_and_no_other() {
+        // 3 pages of shared memory; lengths and offsets around the chunk boundaries.
+        let mut backing = [0u64; 3 * 4096 / 8];
+        // SAFETY: `backing` outlives `m`, is 8-aligned and only accessed through `m`.
+        let m = unsafe { SharedMem::new(backing.as_mut_ptr() as *mut u8, 3 * 4096) };
+        let src: [u8; 2 * 4096 + 7] = core::array::from_fn(|i| (i % 251) as u8 + 1);
+        for len in [0, 1, BULK_CHUNK - 1, BULK_CHUNK, BULK_CHUNK + 1, 4095, 4096, 4097, 2 * 4096 + 7] {
+            for off in [0, 1, 16, 63, BULK_CHUNK - 1, 4096 - 7] {
+                if off + len > m.len() {
+                    continue;
+                }
+                m.zero(0, m.len());
+                m.copy_from_private(off, &src[..len]);
+                let mut whole = [0u8; 3 * 4096];
+                m.copy_to_private(0, &mut whole);
+                assert_eq!(&whole[off..off + len], &src[..len], "len {len} off {off}");
+                assert!(
+                    whole[..off].iter().chain(&whole[off + len..]).all(|&b| b == 0),
+                    "len {len} off {off}: stray bytes"
+                );
+                let mut back = [0u8; 2 * 4096 + 7];
+                m.copy_to_private(off, &mut back[..len]);
+                assert_eq!(&back[..len], &src[..len], "len {len} off {off}");
+            }
         }
     }
 
