@@ -46,6 +46,9 @@ pub struct Calibration {
     /// Requests per second of the copies alone at the run's largest footprint
     /// ([`copy_pipeline`]; 0 if not measured).
     pub pipeline_iops: f64,
+    /// The cross-core copy probe taken right before that [`copy_pipeline`] run (ns), so the
+    /// ceiling can be set against the bound of the same machine state.
+    pub pipeline_probe_ns: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -86,6 +86,9 @@ fn seedbench_prints_the_table_and_writes_json_and_svg() {
     let pipeline = numbers(&j, "copy_pipeline_iops");
     assert!(pipeline.len() == 1 && pipeline[0] > 0.0, "{j}");
     assert!(stdout.contains("copies alone at 2 guests' footprint (256 KiB disks"), "{stdout}");
+    let pipe_probe = numbers(&j, "copy_pipeline_probe_ns");
+    assert!(pipe_probe.len() == 1 && pipe_probe[0] > 0.0, "the ceiling carries its own probe: {j}");
+    assert!(stdout.contains("of the bound at its own copy probe"), "{stdout}");
     let s = std::fs::read_to_string(&svg).unwrap();
     assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
     assert!(s.contains("persistent") && s.contains("map"), "one line per mode, labelled");
