@@ -1380,26 +1380,27 @@ impl Frontend {
         let nseg = pages.len();
         let sector = *sector;
         let ring = &mut self.rings[q].ring;
-        let kind = match *kind {
-            ShadowKind::Discard { secure, sectors } => ReqKind::Discard { secure, nr_sectors: sectors },
+        let put = match *kind {
             ShadowKind::Rw(op) if nseg <= MAX_SEGMENTS_PER_REQUEST => {
                 // The common case goes to the ring from its fields (no Request is built).
                 let mut segs = SegList::new();
                 for (i, &p) in pages.iter().enumerate() {
                     let _ = segs.push(seg_of(bytes, i, pool.gref(p)));
                 }
-                if !ring.put_rw_request(id as u64, 0, sector, op, &segs) {
-                    return Err(SubmitError::Busy);
-                }
-                self.rings[q].unpushed = true;
-                sh.issued = true;
-                sh.queue = q as u8;
-                return Ok(());
+                ring.put_rw_request(id as u64, 0, sector, op, &segs)
             }
-            ShadowKind::Rw(op) => indirect_kind(plat, pool, indirect, pages, bytes, op, indirect_max, persistent)?,
+            ShadowKind::Rw(op) => {
+                let kind = indirect_kind(plat, pool, indirect, pages, bytes, op, indirect_max, persistent)?;
+                ring.put_request(&Request { id: id as u64, handle: 0, sector, kind })
+            }
+            ShadowKind::Discard { secure, sectors } => ring.put_request(&Request {
+                id: id as u64,
+                handle: 0,
+                sector,
+                kind: ReqKind::Discard { secure, nr_sectors: sectors },
+            }),
         };
-        let req = Request { id: id as u64, handle: 0, sector, kind };
-        if !ring.put_request(&req) {
+        if !put {
             return Err(SubmitError::Busy);
         }
         self.rings[q].unpushed = true;

@@ -712,12 +712,9 @@ pub struct Response {
 
 /// Encodes a response image (16 or 12 bytes, padding zero).
 pub fn encode_response(abi: Abi, rsp: &Response) -> SlotImage {
-    let l = abi.layout();
     let mut b = [0u8; MAX_SLOT_BYTES];
-    wr(&mut b, 0, &rsp.id.to_le_bytes());
-    b[8] = rsp.op;
-    wr(&mut b, 10, &rsp.status.to_le_bytes());
-    SlotImage { bytes: b, len: l.response }
+    b[..16].copy_from_slice(&response_image(rsp));
+    SlotImage { bytes: b, len: abi.layout().response }
 }
 
 /// Decodes a private copy of a response. No validation beyond the layout: the frontend
