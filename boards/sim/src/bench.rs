@@ -261,7 +261,15 @@ impl Guest {
 struct BackSide {
     dom: Dom,
     backs: Vec<Backend<RamDisk>>,
+    /// Per backend: it stopped at its budget with requests left (serve again without an
+    /// event).
+    more: Vec<bool>,
 }
+
+/// Requests a backend serves per ring before the worker turns to its other domains: one
+/// ring's worth, as `xenblk-back` does. Unbounded, a backend whose frontend keeps refilling
+/// its ring from the other core never returns, and the guests that share its worker starve.
+const BACKEND_BUDGET: usize = 32;
 
 impl BackSide {
     fn step(&mut self) -> usize {
@@ -273,11 +281,11 @@ impl BackSide {
             }
         }
         let mut n = 0;
-        if !w.ports.is_empty() {
-            for b in &mut self.backs {
-                if b.port().is_some_and(|p| w.ports.contains(p)) {
-                    n += b.process(&mut self.dom);
-                }
+        for (b, more) in self.backs.iter_mut().zip(&mut self.more) {
+            if *more || b.port().is_some_and(|p| w.ports.contains(p)) {
+                let p = b.process_some(&mut self.dom, BACKEND_BUDGET);
+                *more = p.more;
+                n += p.done;
             }
         }
         n
@@ -340,7 +348,7 @@ pub fn run(cfg: &BenchConfig, disks: &[RamDisk]) -> BenchResult {
     let hv = Hypervisor::new();
     let groups: Vec<Arc<WaitGroup>> = (0..nw).map(|_| WaitGroup::new()).collect();
     let mut backs: Vec<BackSide> =
-        (0..nw).map(|_| BackSide { dom: hv.create_domain(4096), backs: Vec::new() }).collect();
+        (0..nw).map(|_| BackSide { dom: hv.create_domain(4096), backs: Vec::new(), more: Vec::new() }).collect();
     let persistent_front = cfg.mode != Mode::Map;
     let mut bcfg = BackendConfig { persistent: true, ..Default::default() };
     if cfg.mode == Mode::Copy {
@@ -358,6 +366,7 @@ pub fn run(cfg: &BenchConfig, disks: &[RamDisk]) -> BenchResult {
         let b = Backend::probe(&mut bs.dom, &spec.backend_path(), bcfg, disk.clone(), 100 + g as u32)
             .expect("backend probe");
         bs.backs.push(b);
+        bs.more.push(false);
         let quota = cfg.fixed_ops.map(|n| n / cfg.guests as u64 + ((g as u64) < n % cfg.guests as u64) as u64);
         let guest = Guest {
             dom,
