@@ -63,16 +63,32 @@ fn seedbench_prints_the_table_and_writes_json_and_svg() {
     assert!(stdout.contains("fraction, paired"), "{stdout}");
     let bound = numbers(&j, "copy_bound_iops");
     assert!(bound.len() == 1 && bound[0] > 0.0, "{j}");
-    // The bound's copy is the cheapest the run saw: the start-up calibration or a run's probe.
+    // The bound's copy is the cheapest the run saw: the start-up calibration or a run's probe
+    // (each run is probed before and after).
     let (copy, startup) = (numbers(&j, "copy_4k_ns"), numbers(&j, "copy_4k_startup_ns"));
-    let probes: Vec<f64> = j
-        .match_indices("\"copy_probe_ns\": [")
-        .flat_map(|(i, m)| {
-            let rest = &j[i + m.len()..];
-            rest[..rest.find(']').unwrap()].split(", ").map(|p| p.parse::<f64>().unwrap()).collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(probes.len(), 8, "{j}");
+    let list = |key: &str| -> Vec<f64> {
+        j.match_indices(&format!("\"{key}\": ["))
+            .flat_map(|(i, m)| {
+                let rest = &j[i + m.len()..];
+                rest[..rest.find(']').unwrap()].split(", ").map(|p| p.parse::<f64>().unwrap()).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (before, after) = (list("copy_probe_ns"), list("copy_probe_after_ns"));
+    assert_eq!((before.len(), after.len()), (8, 8), "{j}");
+    assert!(after.iter().all(|&p| p > 0.0), "{j}");
+    let probes: Vec<f64> = before.iter().chain(&after).copied().collect();
+    // The paired fraction of a persistent cell: the median (upper, of two runs) of each run
+    // against the bound at the cheaper of its two probes.
+    let (runs, ring, notify, cores) =
+        (list("runs"), numbers(&j, "ring_ns")[0], numbers(&j, "notify_ns")[0], numbers(&j, "cores")[0]);
+    for k in [2, 3] {
+        let f = (2 * k..2 * k + 2)
+            .map(|i| runs[i] / (cores * 1e9 / (2.0 * before[i].min(after[i]) + ring + notify / 32.0)))
+            .fold(0.0, f64::max);
+        let got = paired[k];
+        assert!((got - f).abs() <= 0.02 * f + 0.001, "cell {k}: paired {got}, expected {f}: {j}");
+    }
     assert!(copy.len() == 1 && startup.len() == 1 && copy[0] > 0.0, "{j}");
     assert!(
         copy[0] <= startup[0] + 0.05 && probes.iter().all(|&p| copy[0] <= p + 0.5),

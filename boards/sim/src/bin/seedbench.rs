@@ -148,23 +148,32 @@ struct Cell {
     /// The cross-core 4 KiB copy measured just before each run (ns): how fast moving data
     /// between the two cores was at that moment (it varies on a shared VM).
     probes: Vec<f64>,
+    /// The same probe just after each run: a run whose two probes disagree saw the machine
+    /// change state while it ran.
+    probes_after: Vec<f64>,
 }
 
 impl Cell {
     fn iops(&self) -> f64 {
         median(&self.runs.iter().map(|r| r.iops()).collect::<Vec<_>>())
     }
+    /// The copy cost each run is paired with: the cheaper of its two probes (before and
+    /// after), so a run during which the machine got faster is held to the faster state.
+    fn run_copy_ns(&self) -> Vec<f64> {
+        self.probes.iter().zip(&self.probes_after).map(|(&b, &a)| b.min(a)).collect()
+    }
     /// The median over runs of each run's IOPS against the limit computed with the copy
-    /// cost its own probe measured just before it (None without probes): the fraction with
-    /// the calibration and the measurement taken in the same state of the machine.
+    /// cost its own probes measured around it (None without probes): the fraction with the
+    /// calibration and the measurement taken in the same state of the machine.
     fn paired_fraction(&self, cal: &Calibration, cores: usize) -> Option<f64> {
-        if self.probes.len() != self.runs.len() || self.probes.iter().any(|&p| p <= 0.0) {
+        let copies = self.run_copy_ns();
+        if copies.len() != self.runs.len() || copies.iter().any(|&p| p <= 0.0) {
             return None;
         }
         let f: Vec<f64> = self
             .runs
             .iter()
-            .zip(&self.probes)
+            .zip(&copies)
             .map(|(r, &p)| r.iops() / limit(self.mode, &Calibration { copy_4k_ns: p, ..*cal }, cores))
             .collect();
         Some(median(&f))
@@ -263,7 +272,14 @@ fn main() -> ExitCode {
     for &workload in &o.workloads {
         for &mode in &o.modes {
             for &guests in &o.guests {
-                cells.push(Cell { mode, guests, workload, runs: Vec::new(), probes: Vec::new() });
+                cells.push(Cell {
+                    mode,
+                    guests,
+                    workload,
+                    runs: Vec::new(),
+                    probes: Vec::new(),
+                    probes_after: Vec::new(),
+                });
             }
         }
     }
@@ -287,8 +303,9 @@ fn main() -> ExitCode {
             // A 200-round probe (about 2 ms) of the cross-core copy right before the run.
             let probe = if o.calibrate { calibrate::copy_cross_core(200) } else { 0.0 };
             let r = bench::run(&cfg, &disks);
+            let after = if o.calibrate { calibrate::copy_cross_core(200) } else { 0.0 };
             eprintln!(
-                "[{k}/{total}] {:<10} {:>2} guests {:<5} run {}: {:>10} IOPS  maps/req {:.2} notifies/req {:.3} blocks {} copy probe {:.0} ns{}",
+                "[{k}/{total}] {:<10} {:>2} guests {:<5} run {}: {:>10} IOPS  maps/req {:.2} notifies/req {:.3} blocks {} copy probe {:.0}/{:.0} ns{}",
                 c.mode.name(),
                 c.guests,
                 wl_name(c.workload),
@@ -298,11 +315,13 @@ fn main() -> ExitCode {
                 r.notifies as f64 / r.ops.max(1) as f64,
                 r.blocks,
                 probe,
+                after,
                 if r.errors > 0 { "  ERRORS" } else { "" }
             );
             failed |= r.errors > 0 || r.ops == 0;
             c.runs.push(r);
             c.probes.push(probe);
+            c.probes_after.push(after);
         }
     }
     if o.calibrate {
@@ -311,8 +330,7 @@ fn main() -> ExitCode {
         // start-up calibration that happened to fall in the slow state would flatter runs
         // in the fast one.
         cal.copy_4k_startup_ns = cal.copy_4k_ns;
-        let cheapest =
-            cells.iter().flat_map(|c| c.probes.iter().copied()).filter(|&p| p > 0.0).fold(f64::MAX, f64::min);
+        let cheapest = cells.iter().flat_map(|c| c.run_copy_ns()).filter(|&p| p > 0.0).fold(f64::MAX, f64::min);
         if cheapest < cal.copy_4k_ns {
             eprintln!(
                 "seedbench: the runs' copy probes saw a cheaper copy ({cheapest:.0} ns) than the start-up calibration ({:.0} ns): \
@@ -446,7 +464,7 @@ fn render_table(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> St
         cal.copy_4k_ns,
         if cal.copy_4k_startup_ns > 0.0 {
             format!(
-                " (the cheapest of the start-up calibration's {:.0} ns and every run's probe)",
+                " (the cheapest of the start-up calibration's {:.0} ns and every run's probes)",
                 cal.copy_4k_startup_ns
             )
         } else {
@@ -502,7 +520,7 @@ fn render_table(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> St
         if let Some(f) = find(cells, Mode::Persistent, gmax, wl).and_then(|c| c.paired_fraction(cal, cores)) {
             let _ = writeln!(
                 s,
-                "  (paired with each run's own copy probe: median {:.2} of the bound; see README \"Limits\")",
+                "  (paired with each run's own copy probes, the cheaper of before and after: median {:.2} of the bound; see README \"Limits\")",
                 f
             );
         }
@@ -519,9 +537,10 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
     for (i, c) in cells.iter().enumerate() {
         let runs: Vec<String> = c.runs.iter().map(|r| format!("{:.0}", r.iops())).collect();
         let probes: Vec<String> = c.probes.iter().map(|p| format!("{p:.0}")).collect();
+        let after: Vec<String> = c.probes_after.iter().map(|p| format!("{p:.0}")).collect();
         let _ = write!(
             s,
-            "    {{\"mode\": \"{}\", \"guests\": {}, \"workload\": \"{}\", \"iops\": {:.0}, \"runs\": [{}], \"copy_probe_ns\": [{}], \
+            "    {{\"mode\": \"{}\", \"guests\": {}, \"workload\": \"{}\", \"iops\": {:.0}, \"runs\": [{}], \"copy_probe_ns\": [{}], \"copy_probe_after_ns\": [{}], \
              \"limit_iops\": {:.0}, \"fraction_of_limit\": {:.4}, \"fraction_of_limit_paired\": {}, \"maps_per_request\": {:.4}, \"unmaps_per_request\": {:.4}, \
              \"grant_copies_per_request\": {:.4}, \"notifies_per_request\": {:.4}, \"blocks\": {}, \"persistent\": {}, \"errors\": {}}}",
             c.mode.name(),
@@ -530,6 +549,7 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
             c.iops(),
             runs.join(", "),
             probes.join(", "),
+            after.join(", "),
             limit(c.mode, cal, cores),
             c.iops() / limit(c.mode, cal, cores),
             c.paired_fraction(cal, cores).map_or("null".to_string(), |f| format!("{f:.4}")),
