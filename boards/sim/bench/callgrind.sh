@@ -19,7 +19,7 @@ OUT=${TMPDIR:-/tmp}/xenblk-cg.$$
 cargo build --release -q -p xenblk-sim --bin seedbench
 count() { # mode ops -> "total memcpy"
     valgrind --tool=callgrind --toggle-collect='xenblk_sim::bench::run_worker*' \
-        --callgrind-out-file="$OUT" "$BIN" --fixed-ops "$2" --guests "$G" --modes "$1" --disk-kib 512 >/dev/null 2>&1
+        --callgrind-out-file="$OUT" "$BIN" --fixed-ops "$2" --guests "$G" --modes "$1" --disk-kib 256 >/dev/null 2>&1
     callgrind_annotate "$OUT" 2>/dev/null | awk '
         /PROGRAM TOTALS/ { gsub(",", "", $1); total = $1 }
         /__mem(cpy|move)/ { gsub(",", "", $1); mc += $1 }

@@ -5,7 +5,7 @@
 //! ```text
 //! seedbench [--guests 1,2,4,7,8,15] [--modes map,persistent,copy,zerocopy]
 //!           [--workloads read] [--seconds 1.0] [--repeats 3] [--workers 2] [--spin-us 50]
-//!           [--disk-kib 512] [--json FILE] [--svg FILE] [--fixed-ops N] [--micro] [--no-calibrate]
+//!           [--disk-kib 256] [--json FILE] [--svg FILE] [--fixed-ops N] [--micro] [--no-calibrate]
 //! ```
 
 use std::fmt::Write as _;
@@ -50,7 +50,7 @@ fn parse() -> Result<Opts, String> {
         repeats: 3,
         workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 2),
         spin_us: 50,
-        disk_kib: 512,
+        disk_kib: 256,
         json: None,
         svg: None,
         fixed_ops: None,
