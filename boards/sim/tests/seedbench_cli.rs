@@ -95,6 +95,17 @@ fn seedbench_prints_the_table_and_writes_json_and_svg() {
         "{copy:?} {startup:?} {probes:?}"
     );
     assert!(probes.iter().chain(&startup).any(|&p| (p - copy[0]).abs() <= 0.5), "the bound's copy is one of them");
+    // The targets, in the JSON and on the table's lines, agree with the cells.
+    let t = |key: &str| numbers(&j, key)[0];
+    assert!((t("persistent_over_map") - iops[3] / iops[1]).abs() <= 1e-3 * t("persistent_over_map"), "{j}");
+    assert!((t("persistent_fraction_paired") - paired[3]).abs() <= 1e-3, "{j}");
+    assert!((t("persistent_fraction_of_copy_bound") - iops[3] / bound[0]).abs() <= 1e-3, "{j}");
+    assert!(j.contains("\"persistent_at_least_map_everywhere\": true"), "{j}");
+    assert!(j.contains("\"zerocopy_over_persistent\": null"), "zerocopy was not run: {j}");
+    let line = stdout.lines().find(|l| l.starts_with("target persistent at 2 guests >= copy_bound/2")).expect(&stdout);
+    let verdict = if t("persistent_fraction_paired") >= 0.5 { "(holds)" } else { "(MISSED)" };
+    assert!(line.contains("each run against the bound at its own copy probes") && line.ends_with(verdict), "{line}");
+    assert!(stdout.contains("against one bound for the whole run (its cheapest copy"), "{stdout}");
     // The footprint's own limits: the disks' read cost and the copies alone.
     assert_eq!(numbers(&j, "disk_kib"), vec![256.0]);
     let disk_read = numbers(&j, "disk_read_4k_ns");
@@ -109,6 +120,18 @@ fn seedbench_prints_the_table_and_writes_json_and_svg() {
     assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
     assert!(s.contains("persistent") && s.contains("map"), "one line per mode, labelled");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_calibration_the_target_is_judged_against_the_one_bound() {
+    let out =
+        seedbench(&["--guests", "2", "--modes", "persistent", "--seconds", "0.05", "--repeats", "1", "--no-calibrate"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line =
+        stdout.lines().find(|l| l.starts_with("target persistent at 2 guests >= copy_bound/2: ")).expect(&stdout);
+    assert!(line.ends_with("(holds)") || line.ends_with("(MISSED)"), "{line}");
+    assert!(!stdout.contains("each run against"), "no probes, no pairing: {stdout}");
 }
 
 #[test]

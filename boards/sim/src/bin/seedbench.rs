@@ -503,26 +503,43 @@ fn render_table(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> St
         let _ = writeln!(s, "target zerocopy >= 1.5x persistent at {gmax} guests: {:.2}x {}", z / p, ok(z >= 1.5 * p));
     }
     if let Some(p) = get(Mode::Persistent, gmax) {
-        let _ = writeln!(
-            s,
-            "target persistent at {gmax} guests >= copy_bound/2: {} / {} = {:.2} {}",
-            fmt_int(p),
-            fmt_int(cb),
-            p / cb,
-            ok(p >= cb / 2.0)
-        );
+        // Each run against the bound at its own probes (the cheaper of before and after):
+        // the copy cost of this VM swings up to 4x within a second, so a bound is only
+        // comparable with a throughput measured in the same state. Without probes
+        // (--no-calibrate), the one bound of the run.
+        match find(cells, Mode::Persistent, gmax, wl).and_then(|c| c.paired_fraction(cal, cores)) {
+            Some(f) => {
+                let _ = writeln!(
+                    s,
+                    "target persistent at {gmax} guests >= copy_bound/2, each run against the bound at its own copy \
+                     probes: median {f:.2} {}",
+                    ok(f >= 0.5)
+                );
+                let _ = writeln!(
+                    s,
+                    "  against one bound for the whole run (its cheapest copy, {:.0} ns): {} / {} = {:.2}",
+                    cal.copy_4k_ns,
+                    fmt_int(p),
+                    fmt_int(cb),
+                    p / cb
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "target persistent at {gmax} guests >= copy_bound/2: {} / {} = {:.2} {}",
+                    fmt_int(p),
+                    fmt_int(cb),
+                    p / cb,
+                    ok(p >= cb / 2.0)
+                );
+            }
+        }
         if cal.pipeline_iops > 0.0 {
             let _ = writeln!(
                 s,
                 "  (the copies alone, with no driver, reach {:.2} of the bound at their own probe)",
                 cal.pipeline_iops / pipe_bound
-            );
-        }
-        if let Some(f) = find(cells, Mode::Persistent, gmax, wl).and_then(|c| c.paired_fraction(cal, cores)) {
-            let _ = writeln!(
-                s,
-                "  (paired with each run's own copy probes, the cheaper of before and after: median {:.2} of the bound; see README \"Limits\")",
-                f
             );
         }
     }
@@ -587,6 +604,27 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
         cal.disk_read_4k_ns,
         cal.pipeline_iops,
         cal.pipeline_probe_ns,
+    );
+    // The targets of the issue, on the first workload at the largest guest count (as the
+    // table's target lines; null where a mode was not run).
+    let wl = o.workloads[0];
+    let gmax = *o.guests.iter().max().unwrap_or(&1);
+    let get = |m| find(cells, m, gmax, wl).map(|c| c.iops());
+    let num = |v: Option<f64>| v.map_or("null".to_string(), |x| format!("{x:.4}"));
+    let everywhere = o.guests.iter().all(|&g| {
+        let at = |m| find(cells, m, g, wl).map(|c| c.iops());
+        matches!((at(Mode::Persistent), at(Mode::Map)), (Some(p), Some(m)) if p >= m)
+    });
+    let cb = calibrate::copy_bound(cal, 2, cores);
+    let _ = writeln!(
+        s,
+        "  \"targets\": {{\"at_guests\": {gmax}, \"persistent_over_map\": {}, \"persistent_at_least_map_everywhere\": {}, \
+         \"zerocopy_over_persistent\": {}, \"persistent_fraction_paired\": {}, \"persistent_fraction_of_copy_bound\": {}}},",
+        num(get(Mode::Persistent).zip(get(Mode::Map)).map(|(p, m)| p / m)),
+        get(Mode::Persistent).is_some() && get(Mode::Map).is_some() && everywhere,
+        num(get(Mode::ZeroCopy).zip(get(Mode::Persistent)).map(|(z, p)| z / p)),
+        num(find(cells, Mode::Persistent, gmax, wl).and_then(|c| c.paired_fraction(cal, cores))),
+        num(get(Mode::Persistent).map(|p| p / cb)),
     );
     let _ = writeln!(
         s,
