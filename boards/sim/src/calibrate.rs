@@ -46,8 +46,9 @@ pub struct Calibration {
     /// Requests per second of the copies alone at the run's largest footprint
     /// ([`copy_pipeline`]; 0 if not measured).
     pub pipeline_iops: f64,
-    /// The cross-core copy probe taken right before that [`copy_pipeline`] run (ns), so the
-    /// ceiling can be set against the bound of the same machine state.
+    /// The cross-core copy probe around that [`copy_pipeline`] run (ns; the cheaper of one
+    /// before and one after), so the ceiling can be set against the bound of the same
+    /// machine state.
     pub pipeline_probe_ns: f64,
 }
 
@@ -330,33 +331,37 @@ pub fn copy_bound(c: &Calibration, copies: u32, cores: usize) -> f64 {
 }
 
 /// What the copies alone achieve with the benchmark's memory footprint and thread layout,
-/// without any driver: `guests` guests, each with one ring's worth ([`PIPE_SLOTS`]) of pool
-/// pages, as many caller buffers and a disk of `disk_bytes`; worker `w` (pinned to the
-/// first two CPUs) plays the frontends of the guests `g % 2 == w` and the backends of the
-/// guests `(g + 1) % 2 == w`, as [`crate::bench`] lays them out. A backend turn copies a
-/// random 4 KiB block of the disk into each pool page; the frontend's turn copies each pool
-/// page into its caller buffer. The hand-over is one atomic per ring's worth of requests.
-/// Returns requests (backend copy + frontend copy) per second over `run`.
+/// without any driver: one guest per disk of `disks` (the run's own RAM disks), each with
+/// one ring's worth ([`PIPE_SLOTS`]) of pool pages and as many page-aligned caller buffers;
+/// worker `w` (pinned to the first two CPUs) plays the frontends of the guests `g % 2 == w`
+/// and the backends of the guests `(g + 1) % 2 == w`, as [`crate::bench`] lays them out. A
+/// backend turn reads a random 4 KiB block of its disk into each pool page through the
+/// disk's own read path (`RamDisk::read_sectors`, as the backend's storage call does); the
+/// frontend's turn copies each pool page into its caller buffer, one 4 KiB copy each. The
+/// hand-over is one atomic per ring's worth of requests. Returns requests (backend copy +
+/// frontend copy) per second over `run`.
 ///
 /// It is the ceiling any driver reaches on this machine for 4 KiB persistent reads at this
 /// footprint: where the disks do not fit the caches, the backend's copy is a DRAM read and
 /// the ceiling falls below the copy bound, whatever the driver does.
-pub fn copy_pipeline(guests: usize, disk_bytes: usize, run: Duration) -> f64 {
-    let guests = guests.max(1);
-    let disk_pages = (disk_bytes / PAGE_SIZE).max(1);
+pub fn copy_pipeline(disks: &[crate::RamDisk], run: Duration) -> f64 {
+    #[repr(C, align(4096))]
+    struct Page([u8; PAGE_SIZE]);
     struct Guest {
         pool: MappedRegion,
-        disk: Vec<u8>,
+        disk: crate::RamDisk,
+        blocks: u64,
         turn: AtomicU32,
     }
     let gs: Arc<Vec<Guest>> = Arc::new(
-        (0..guests)
-            .map(|g| {
+        disks
+            .iter()
+            .enumerate()
+            .map(|(g, d)| {
                 let pool = MappedRegion::anonymous(PIPE_SLOTS * PAGE_SIZE).expect("pool pages");
                 pool.shared().copy_from_private(0, &vec![g as u8; PIPE_SLOTS * PAGE_SIZE]);
-                let mut disk = vec![0u8; disk_pages * PAGE_SIZE];
-                crate::harness::fill_pattern(&mut disk, g as u64);
-                Guest { pool, disk, turn: AtomicU32::new(0) }
+                let blocks = (d.sectors() / (PAGE_SIZE as u64 / 512)).max(1);
+                Guest { pool, disk: d.clone(), blocks, turn: AtomicU32::new(0) }
             })
             .collect(),
     );
@@ -370,7 +375,8 @@ pub fn copy_pipeline(guests: usize, disk_bytes: usize, run: Duration) -> f64 {
                 if let Some((a, b)) = cpus {
                     set_affinity(&only(if w == 0 { a } else { b }));
                 }
-                let mut bufs: Vec<Vec<u8>> = (0..gs.len()).map(|_| vec![0u8; PIPE_SLOTS * PAGE_SIZE]).collect();
+                let mut bufs: Vec<Vec<Page>> =
+                    gs.iter().map(|_| (0..PIPE_SLOTS).map(|_| Page([0; PAGE_SIZE])).collect()).collect();
                 let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1);
                 while !stop.load(Ordering::Relaxed) {
                     for (g, q) in gs.iter().enumerate() {
@@ -382,12 +388,14 @@ pub fn copy_pipeline(guests: usize, disk_bytes: usize, run: Duration) -> f64 {
                                 x ^= x << 13;
                                 x ^= x >> 7;
                                 x ^= x << 17;
-                                let d = (x as usize % disk_pages) * PAGE_SIZE;
-                                mem.copy_from_private(s * PAGE_SIZE, &q.disk[d..d + PAGE_SIZE]);
+                                let sector = (x % q.blocks) * (PAGE_SIZE as u64 / 512);
+                                let _ = q.disk.read_sectors(sector, mem.slice(s * PAGE_SIZE, PAGE_SIZE));
                             }
                             q.turn.store(t + 1, Ordering::Release);
                         } else if g % 2 == w && t % 2 == 1 {
-                            mem.copy_to_private(0, &mut bufs[g]);
+                            for (s, b) in bufs[g].iter_mut().enumerate() {
+                                mem.copy_to_private(s * PAGE_SIZE, &mut b.0);
+                            }
                             q.turn.store(t + 1, Ordering::Release);
                         }
                     }

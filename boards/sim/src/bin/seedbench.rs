@@ -254,7 +254,7 @@ fn main() -> ExitCode {
         // state it ran in, the cheaper of before and after; see `fraction, paired`).
         for _ in 0..3 {
             let before = calibrate::copy_cross_core(200);
-            let iops = calibrate::copy_pipeline(maxg, (o.disk_kib * 1024) as usize, Duration::from_millis(200));
+            let iops = calibrate::copy_pipeline(&disks, Duration::from_millis(200));
             let probe = before.min(calibrate::copy_cross_core(200));
             if iops > cal.pipeline_iops {
                 (cal.pipeline_iops, cal.pipeline_probe_ns) = (iops, probe);
