@@ -25,6 +25,9 @@
 //! copy through the hypervisor; `zerocopy`: the guest reads and writes the pooled granted page
 //! itself, the frontend copies nothing).
 //!
+//! A backend serves at most one ring's worth of requests per turn (`BACKEND_BUDGET`) before
+//! its worker turns to its other domains, as `xenblk-back` does.
+//!
 //! A worker with nothing to do spins on `pause` for a few µs, then yields its core until
 //! `spin` (50 µs by default) has passed, then blocks in a
 //! [`WaitGroup`] shared by its domains (a real futex wait; a notification to any of them
