@@ -380,6 +380,39 @@ fn find(cells: &[Cell], m: Mode, g: usize, w: Workload) -> Option<&Cell> {
     cells.iter().find(|c| c.mode == m && c.guests == g && c.workload == w)
 }
 
+/// The issue's targets, on the first workload at the largest guest count: the figures the
+/// table's target lines and the JSON's `targets` both print.
+struct Targets {
+    guests: usize,
+    persistent: Option<f64>,
+    map: Option<f64>,
+    zerocopy: Option<f64>,
+    /// Persistent >= map at every guest count (false unless both modes ran).
+    everywhere: bool,
+    /// Persistent's runs, each against the bound at its own probes (None without probes).
+    paired: Option<f64>,
+    /// The run's single copy bound.
+    bound: f64,
+}
+
+fn targets(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Targets {
+    let wl = o.workloads[0];
+    let guests = *o.guests.iter().max().unwrap_or(&1);
+    let at = |m, g| find(cells, m, g, wl).map(|c| c.iops());
+    Targets {
+        guests,
+        persistent: at(Mode::Persistent, guests),
+        map: at(Mode::Map, guests),
+        zerocopy: at(Mode::ZeroCopy, guests),
+        everywhere: o
+            .guests
+            .iter()
+            .all(|&g| matches!((at(Mode::Persistent, g), at(Mode::Map, g)), (Some(p), Some(m)) if p >= m)),
+        paired: find(cells, Mode::Persistent, guests, wl).and_then(|c| c.paired_fraction(cal, cores)),
+        bound: calibrate::copy_bound(cal, 2, cores),
+    }
+}
+
 fn render_table(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> String {
     let mut s = String::new();
     for &wl in &o.workloads {
@@ -491,23 +524,22 @@ fn render_table(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> St
         );
     }
     // Targets.
-    let wl = o.workloads[0];
-    let gmax = *o.guests.iter().max().unwrap_or(&1);
-    let get = |m, g| find(cells, m, g, wl).map(|c| c.iops());
-    if let (Some(p), Some(mp)) = (get(Mode::Persistent, gmax), get(Mode::Map, gmax)) {
+    let t = targets(o, cells, cal, cores);
+    let gmax = t.guests;
+    if let (Some(p), Some(mp)) = (t.persistent, t.map) {
         let _ = writeln!(s, "target persistent >= 2.04x map at {gmax} guests: {:.2}x {}", p / mp, ok(p >= 2.04 * mp));
-        let all = o.guests.iter().all(|&g| get(Mode::Persistent, g).unwrap_or(0.0) >= get(Mode::Map, g).unwrap_or(0.0));
-        let _ = writeln!(s, "target persistent >= map at every guest count: {}", ok(all));
+        let _ = writeln!(s, "target persistent >= map at every guest count: {}", ok(t.everywhere));
     }
-    if let (Some(z), Some(p)) = (get(Mode::ZeroCopy, gmax), get(Mode::Persistent, gmax)) {
+    if let (Some(z), Some(p)) = (t.zerocopy, t.persistent) {
         let _ = writeln!(s, "target zerocopy >= 1.5x persistent at {gmax} guests: {:.2}x {}", z / p, ok(z >= 1.5 * p));
     }
-    if let Some(p) = get(Mode::Persistent, gmax) {
+    if let Some(p) = t.persistent {
         // Each run against the bound at its own probes (the cheaper of before and after):
         // the copy cost of this VM swings up to 4x within a second, so a bound is only
         // comparable with a throughput measured in the same state. Without probes
         // (--no-calibrate), the one bound of the run.
-        match find(cells, Mode::Persistent, gmax, wl).and_then(|c| c.paired_fraction(cal, cores)) {
+        let single = format!("{} / {} = {:.2}", fmt_int(p), fmt_int(cb), p / cb);
+        match t.paired {
             Some(f) => {
                 let _ = writeln!(
                     s,
@@ -517,22 +549,13 @@ fn render_table(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> St
                 );
                 let _ = writeln!(
                     s,
-                    "  against one bound for the whole run (its cheapest copy, {:.0} ns): {} / {} = {:.2}",
-                    cal.copy_4k_ns,
-                    fmt_int(p),
-                    fmt_int(cb),
-                    p / cb
+                    "  against one bound for the whole run (its cheapest copy, {:.0} ns): {single}",
+                    cal.copy_4k_ns
                 );
             }
             None => {
-                let _ = writeln!(
-                    s,
-                    "target persistent at {gmax} guests >= copy_bound/2: {} / {} = {:.2} {}",
-                    fmt_int(p),
-                    fmt_int(cb),
-                    p / cb,
-                    ok(p >= cb / 2.0)
-                );
+                let _ =
+                    writeln!(s, "target persistent at {gmax} guests >= copy_bound/2: {single} {}", ok(p >= cb / 2.0));
             }
         }
         if cal.pipeline_iops > 0.0 {
@@ -605,26 +628,19 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
         cal.pipeline_iops,
         cal.pipeline_probe_ns,
     );
-    // The targets of the issue, on the first workload at the largest guest count (as the
-    // table's target lines; null where a mode was not run).
-    let wl = o.workloads[0];
-    let gmax = *o.guests.iter().max().unwrap_or(&1);
-    let get = |m| find(cells, m, gmax, wl).map(|c| c.iops());
+    // The targets of the issue, as the table's target lines (null where a mode was not run).
+    let t = targets(o, cells, cal, cores);
     let num = |v: Option<f64>| v.map_or("null".to_string(), |x| format!("{x:.4}"));
-    let everywhere = o.guests.iter().all(|&g| {
-        let at = |m| find(cells, m, g, wl).map(|c| c.iops());
-        matches!((at(Mode::Persistent), at(Mode::Map)), (Some(p), Some(m)) if p >= m)
-    });
-    let cb = calibrate::copy_bound(cal, 2, cores);
     let _ = writeln!(
         s,
-        "  \"targets\": {{\"at_guests\": {gmax}, \"persistent_over_map\": {}, \"persistent_at_least_map_everywhere\": {}, \
+        "  \"targets\": {{\"at_guests\": {}, \"persistent_over_map\": {}, \"persistent_at_least_map_everywhere\": {}, \
          \"zerocopy_over_persistent\": {}, \"persistent_fraction_paired\": {}, \"persistent_fraction_of_copy_bound\": {}}},",
-        num(get(Mode::Persistent).zip(get(Mode::Map)).map(|(p, m)| p / m)),
-        get(Mode::Persistent).is_some() && get(Mode::Map).is_some() && everywhere,
-        num(get(Mode::ZeroCopy).zip(get(Mode::Persistent)).map(|(z, p)| z / p)),
-        num(find(cells, Mode::Persistent, gmax, wl).and_then(|c| c.paired_fraction(cal, cores))),
-        num(get(Mode::Persistent).map(|p| p / cb)),
+        t.guests,
+        num(t.persistent.zip(t.map).map(|(p, m)| p / m)),
+        t.everywhere,
+        num(t.zerocopy.zip(t.persistent).map(|(z, p)| z / p)),
+        num(t.paired),
+        num(t.persistent.map(|p| p / t.bound)),
     );
     let _ = writeln!(
         s,
