@@ -269,10 +269,13 @@ fn main() -> ExitCode {
             cal.pipeline_probe_ns
         );
     }
+    // The modes at one guest count run back to back (about a second apart), so that the
+    // ratios between them (persistent/map, zero-copy/persistent) compare runs made in the
+    // same state of this VM's memory system, which flips within seconds (README "Results").
     let mut cells: Vec<Cell> = Vec::new();
     for &workload in &o.workloads {
-        for &mode in &o.modes {
-            for &guests in &o.guests {
+        for &guests in &o.guests {
+            for &mode in &o.modes {
                 cells.push(Cell {
                     mode,
                     guests,
