@@ -394,8 +394,6 @@ struct Targets {
     everywhere: bool,
     /// Persistent's runs, each against the bound at its own probes (None without probes).
     paired: Option<f64>,
-    /// The run's single copy bound.
-    bound: f64,
 }
 
 fn targets(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Targets {
@@ -412,7 +410,6 @@ fn targets(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Targets
             .iter()
             .all(|&g| matches!((at(Mode::Persistent, g), at(Mode::Map, g)), (Some(p), Some(m)) if p >= m)),
         paired: find(cells, Mode::Persistent, guests, wl).and_then(|c| c.paired_fraction(cal, cores)),
-        bound: calibrate::copy_bound(cal, 2, cores),
     }
 }
 
@@ -608,6 +605,7 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
         s.push_str(if i + 1 < cells.len() { ",\n" } else { "\n" });
     }
     s.push_str("  ],\n");
+    let cb = calibrate::copy_bound(cal, 2, cores);
     let _ = writeln!(
         s,
         "  \"limits\": {{\"copy_bound_iops\": {:.0}, \"copy_bound_copies_per_request\": 2, \"cores\": {cores}, \
@@ -615,7 +613,7 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
          \"wakeup_ns\": {:.0}, \"notify_ns\": {:.1}, \"ring_ns\": {:.2}, \"map_bound_iops\": {:.0}, \
          \"zerocopy_bound_iops\": {:.0}, \"grant_copy_bound_iops\": {:.0}, \"disk_read_4k_ns\": {:.1}, \
          \"copy_pipeline_iops\": {:.0}, \"copy_pipeline_probe_ns\": {:.1}}},",
-        calibrate::copy_bound(cal, 2, cores),
+        cb,
         cal.copy_4k_ns,
         cal.copy_4k_startup_ns,
         cal.copy_4k_hot_ns,
@@ -643,7 +641,7 @@ fn render_json(o: &Opts, cells: &[Cell], cal: &Calibration, cores: usize) -> Str
         t.everywhere,
         num(t.zerocopy.zip(t.persistent).map(|(z, p)| z / p)),
         num(t.paired),
-        num(t.persistent.map(|p| p / t.bound)),
+        num(t.persistent.map(|p| p / cb)),
     );
     let _ = writeln!(
         s,
